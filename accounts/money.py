@@ -1,0 +1,37 @@
+"""The one place that turns USD into credits (SPEC section 5).
+
+Costs are Decimal parsed from JSON text; credits are integers. Rounding is
+always up, so a charge is never below cost.
+"""
+
+from decimal import ROUND_CEILING, Context, Decimal
+
+from django.conf import settings
+
+# Enough digits for any cost LiteLLM sends times any sane rate: the product is
+# exact before the single rounding step.
+_CONTEXT = Context(prec=60)
+USD_QUANTUM = Decimal("0.000001")
+
+
+def credits_per_usd() -> Decimal:
+    return Decimal(settings.CREDITS_PER_USD)
+
+
+def billing_markup() -> Decimal:
+    return Decimal(settings.BILLING_MARKUP)
+
+
+def usd_to_credits(cost_usd: Decimal) -> int:
+    """ceil(cost_usd × CREDITS_PER_USD × BILLING_MARKUP); 0 stays 0, never rounds down."""
+    if not isinstance(cost_usd, Decimal):
+        raise TypeError(f"cost_usd must be Decimal, got {type(cost_usd).__name__}")
+    if not cost_usd.is_finite() or cost_usd < 0:
+        raise ValueError(f"cost_usd must be a finite, non-negative amount, got {cost_usd}")
+    exact = _CONTEXT.multiply(_CONTEXT.multiply(cost_usd, credits_per_usd()), billing_markup())
+    return int(exact.to_integral_value(rounding=ROUND_CEILING))
+
+
+def credits_to_usd(amount_credits: int) -> Decimal:
+    """USD value of credits at the configured rate (what a credit costs the customer)."""
+    return _CONTEXT.divide(Decimal(amount_credits), credits_per_usd()).quantize(USD_QUANTUM)

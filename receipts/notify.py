@@ -1,0 +1,85 @@
+"""Wait for a receipt without polling the database: PostgreSQL LISTEN/NOTIFY.
+
+commit_usage_facts() NOTIFYs the call id of every new receipt on commit. One
+listener thread per process holds one idle connection and wakes the request
+threads waiting for those call ids.
+"""
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from django.db import connections
+
+from receipts.services import RECEIPT_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+
+class ReceiptWaiter:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[str, set[threading.Event]] = defaultdict(set)
+        self._thread: threading.Thread | None = None
+        self.listening = threading.Event()
+
+    def _conninfo(self) -> str:
+        s = connections["default"].settings_dict
+        return psycopg.conninfo.make_conninfo(
+            dbname=s["NAME"], user=s["USER"] or None, password=s["PASSWORD"] or None,
+            host=s["HOST"] or None, port=str(s["PORT"]) if s["PORT"] else None,
+        )
+
+    def _ensure_listener(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="receipt-listener", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                with psycopg.connect(self._conninfo(), autocommit=True) as conn:
+                    conn.execute(f"LISTEN {RECEIPT_CHANNEL}")
+                    self.listening.set()
+                    while True:
+                        for note in conn.notifies(timeout=30.0):
+                            self._wake(note.payload)
+            except Exception:  # noqa: BLE001 - keep listening whatever happens
+                logger.warning("receipt listener lost its connection; reconnecting", exc_info=True)
+                self.listening.clear()
+                self._wake_all()
+                threading.Event().wait(1.0)
+
+    def _wake(self, call_id: str) -> None:
+        with self._lock:
+            for event in self._events.get(call_id, ()):
+                event.set()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            for events in self._events.values():
+                for event in events:
+                    event.set()
+
+    @contextmanager
+    def subscribe(self, call_id: str) -> Iterator[threading.Event]:
+        """Subscribe before checking the database, so a receipt landing in between is not missed."""
+        event = threading.Event()
+        with self._lock:
+            self._events[call_id].add(event)
+        self._ensure_listener()
+        self.listening.wait(timeout=2.0)
+        try:
+            yield event
+        finally:
+            with self._lock:
+                self._events[call_id].discard(event)
+                if not self._events[call_id]:
+                    del self._events[call_id]
+
+
+waiter = ReceiptWaiter()

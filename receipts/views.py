@@ -1,0 +1,166 @@
+import time
+
+from django.conf import settings
+from django.db import DatabaseError, connection
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing_project.api import InternalTokenAuthentication, IsInternalService
+from receipts import metrics
+from receipts.body import BodyError, parse_ingest_body
+from receipts.notify import waiter
+from receipts.selectors import open_deferral_for_call, receipt_for_call
+from receipts.services import ingest_batch_close, ingest_batch_fail, ingest_batch_open, ingest_usage_records
+
+# LiteLLM's generic_api logger always says application/json, also for NDJSON.
+ACCEPTED_CONTENT_TYPES = {
+    "application/json",
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/x-jsonlines",
+    "text/plain",
+}
+
+
+def _error(message: str, http_status: int, **extra: object) -> Response:
+    return Response({"error": message, **extra}, status=http_status)
+
+
+class UsageIngestApi(APIView):
+    """LiteLLM `generic_api` callback: a batch of StandardLoggingPayload records."""
+
+    authentication_classes = [InternalTokenAuthentication]
+    permission_classes = [IsInternalService]
+    parser_classes: list = []  # the body is read raw: money is parsed as Decimal from its text
+
+    class OutputSerializer(serializers.Serializer):
+        processed = serializers.IntegerField()
+        duplicates = serializers.IntegerField()
+        deferred = serializers.IntegerField()
+        skipped = serializers.IntegerField()
+        skipped_records = serializers.ListField(child=serializers.DictField())
+        deferred_records = serializers.ListField(child=serializers.DictField())
+
+    @extend_schema(
+        request={"application/json": OpenApiTypes.OBJECT},
+        responses={200: OutputSerializer},
+        description="Bill a LiteLLM callback batch: a JSON array, NDJSON, or one record.",
+    )
+    def post(self, request: Request) -> Response:
+        started = time.perf_counter()
+        content_type = request.content_type.split(";")[0].strip().lower()
+        if content_type and content_type not in ACCEPTED_CONTENT_TYPES:
+            return _error(
+                f"unsupported Content-Type {content_type!r}; send application/json or application/x-ndjson",
+                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                field="Content-Type",
+            )
+        limit = settings.BILLING_INGEST_MAX_BODY_BYTES
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return _error("Content-Length is not a number", status.HTTP_400_BAD_REQUEST, field="Content-Length")
+        if declared > limit:
+            return _error(
+                f"body of {declared} bytes is over the limit of {limit} (BILLING_INGEST_MAX_BODY_BYTES)",
+                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                field="body",
+            )
+        body = request._request.read(limit + 1)
+        if len(body) > limit:
+            return _error(f"body is over the limit of {limit} bytes", status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, field="body")
+        try:
+            records = parse_ingest_body(body)
+        except BodyError as exc:
+            try:
+                batch = ingest_batch_open(remote_addr=_remote(request), content_type=content_type, body_bytes=len(body))
+                ingest_batch_fail(batch=batch, error=f"{exc}\n--- body head ---\n{body[:4096]!r}")
+            except DatabaseError:
+                pass
+            return _error(str(exc), status.HTTP_400_BAD_REQUEST, field="body")
+        try:
+            batch = ingest_batch_open(remote_addr=_remote(request), content_type=content_type, body_bytes=len(body))
+            result = ingest_usage_records(records=records)
+        except DatabaseError as exc:
+            # Nothing could be stored: let the sender retry (every record is idempotent).
+            return _error(f"the billing database is unavailable: {type(exc).__name__}", status.HTTP_503_SERVICE_UNAVAILABLE)
+        elapsed = time.perf_counter() - started
+        metrics.ingest_batch_seconds.observe(elapsed)
+        metrics.ingest_batch_records.observe(len(records))
+        ingest_batch_close(batch=batch, result=result, duration_ms=elapsed * 1000)
+        return Response(self.OutputSerializer(result.as_dict()).data)
+
+
+def _remote(request: Request) -> str:
+    return str(request.META.get("REMOTE_ADDR", ""))[:64]
+
+
+class ReceiptOutputSerializer(serializers.Serializer):
+    litellm_call_id = serializers.CharField()
+    request_id = serializers.CharField()
+    source_reference = serializers.CharField()
+    run_id = serializers.CharField()
+    attempt = serializers.IntegerField()
+    account = serializers.UUIDField(source="account.public_id")
+    end_user = serializers.CharField()
+    status = serializers.CharField()
+    model_group = serializers.CharField()
+    model = serializers.CharField()
+    provider = serializers.CharField()
+    call_type = serializers.CharField()
+    stream = serializers.BooleanField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    cost_usd = serializers.DecimalField(max_digits=30, decimal_places=18, coerce_to_string=True, normalize_output=True)
+    charged_credits = serializers.IntegerField()
+    zero_cost_suspect = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+
+
+class ReceiptDetailApi(APIView):
+    """For executors: has this call been billed? Long-polls up to `wait_ms`."""
+
+    authentication_classes = [InternalTokenAuthentication]
+    permission_classes = [IsInternalService]
+
+    class InputSerializer(serializers.Serializer):
+        wait_ms = serializers.IntegerField(required=False, default=0, min_value=0)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("wait_ms", int, description="Wait up to this long for the receipt (bounded).")],
+        responses={
+            200: ReceiptOutputSerializer,
+            404: inline_serializer("ReceiptNotBilled", {"error": serializers.CharField(), "status": serializers.CharField()}),
+        },
+    )
+    def get(self, request: Request, litellm_call_id: str) -> Response:
+        params = self.InputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        wait_s = min(params.validated_data["wait_ms"], settings.BILLING_RECEIPT_MAX_WAIT_MS) / 1000
+        receipt = receipt_for_call(litellm_call_id=litellm_call_id)
+        if receipt is None and wait_s > 0:
+            with waiter.subscribe(litellm_call_id) as landed:
+                receipt = receipt_for_call(litellm_call_id=litellm_call_id)
+                if receipt is None:
+                    if not connection.in_atomic_block:
+                        connection.close()  # hold no database connection while waiting
+                    landed.wait(wait_s)
+                    receipt = receipt_for_call(litellm_call_id=litellm_call_id)
+        if receipt is not None:
+            return Response(ReceiptOutputSerializer(receipt).data)
+        deferral = open_deferral_for_call(litellm_call_id=litellm_call_id)
+        if deferral is not None:
+            return _error(
+                "not billed yet: the record is deferred",
+                status.HTTP_404_NOT_FOUND,
+                status="deferred",
+                reason=deferral.reason,
+                litellm_call_id=litellm_call_id,
+            )
+        return _error("not billed yet", status.HTTP_404_NOT_FOUND, status="unknown", litellm_call_id=litellm_call_id)

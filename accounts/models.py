@@ -89,9 +89,7 @@ class CreditLedgerEntry(models.Model):
             models.Index(fields=["account", "reason", "created_at"], name="ledger_account_reason_time"),
         ]
         constraints = [
-            models.CheckConstraint(
-                condition=Q(reason__in=LEDGER_REASONS), name="ledger_reason_known"
-            ),
+            models.CheckConstraint(condition=Q(reason__in=LEDGER_REASONS), name="ledger_reason_known"),
             # Every usage entry has its receipt, and only usage entries have one.
             models.CheckConstraint(
                 condition=(Q(reason="usage") & Q(receipt__isnull=False))

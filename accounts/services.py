@@ -28,9 +28,7 @@ class GrantResult:
 
 def _validate_grant(*, amount_credits: int, reason: str) -> None:
     if reason not in GRANT_REASONS:
-        raise InvalidLedgerOperation(
-            f"reason must be one of {sorted(GRANT_REASONS)}, got {reason!r}"
-        )
+        raise InvalidLedgerOperation(f"reason must be one of {sorted(GRANT_REASONS)}, got {reason!r}")
     if not isinstance(amount_credits, int) or isinstance(amount_credits, bool):
         raise InvalidLedgerOperation("amount_credits must be an integer")
     if reason == Reason.ADJUSTMENT:
@@ -41,11 +39,7 @@ def _validate_grant(*, amount_credits: int, reason: str) -> None:
 
 
 def _same_grant(entry: CreditLedgerEntry, *, account: BillingAccount, amount_credits: int, reason: str) -> bool:
-    return (
-        entry.account_id == account.pk
-        and entry.amount_credits == amount_credits
-        and entry.reason == reason
-    )
+    return entry.account_id == account.pk and entry.amount_credits == amount_credits and entry.reason == reason
 
 
 @transaction.atomic
@@ -92,9 +86,7 @@ def grant_credits(
     return GrantResult(entry=entry, created=True)
 
 
-def _replayed(
-    existing: CreditLedgerEntry, *, account: BillingAccount, amount_credits: int, reason: str
-) -> GrantResult:
+def _replayed(existing: CreditLedgerEntry, *, account: BillingAccount, amount_credits: int, reason: str) -> GrantResult:
     if not _same_grant(existing, account=account, amount_credits=amount_credits, reason=reason):
         raise IdempotencyConflict(
             f"idempotency_key {existing.idempotency_key!r} was already used for "

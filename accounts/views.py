@@ -35,7 +35,16 @@ class CreditGrantApi(APIView):
 
             class Meta:
                 model = CreditLedgerEntry
-                fields = ["id", "account", "amount_credits", "reason", "balance_after", "idempotency_key", "memo", "created_at"]
+                fields = [
+                    "id",
+                    "account",
+                    "amount_credits",
+                    "reason",
+                    "balance_after",
+                    "idempotency_key",
+                    "memo",
+                    "created_at",
+                ]
 
         entry = EntrySerializer()
         balance_credits = serializers.IntegerField()

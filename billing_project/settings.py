@@ -81,9 +81,7 @@ def _database_from_url(url: str) -> dict:
     if not config.get("HOST") and "host" in options:
         config["HOST"] = options.pop("host")
     if not config["ENGINE"].endswith("postgresql"):
-        raise environ.ImproperlyConfigured(
-            f"DATABASE_URL must point to PostgreSQL, got engine {config['ENGINE']!r}"
-        )
+        raise environ.ImproperlyConfigured(f"DATABASE_URL must point to PostgreSQL, got engine {config['ENGINE']!r}")
     config["ENGINE"] = "django_prometheus.db.backends.postgresql"
     config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     config["CONN_HEALTH_CHECKS"] = True

@@ -17,7 +17,16 @@ class ChargeReceiptAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
 @admin.register(DeferredUsage)
 class DeferredUsageAdmin(admin.ModelAdmin):
-    list_display = ["id", "litellm_call_id", "reason", "status", "attempts", "next_attempt_at", "end_user", "created_at"]
+    list_display = [
+        "id",
+        "litellm_call_id",
+        "reason",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "end_user",
+        "created_at",
+    ]
     list_filter = ["reason", "status"]
     search_fields = ["=litellm_call_id", "=end_user"]
     readonly_fields = [f.name for f in DeferredUsage._meta.fields]
@@ -26,5 +35,14 @@ class DeferredUsageAdmin(admin.ModelAdmin):
 
 @admin.register(IngestBatch)
 class IngestBatchAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ["id", "received_at", "record_count", "processed", "duplicates", "deferred", "skipped", "duration_ms"]
+    list_display = [
+        "id",
+        "received_at",
+        "record_count",
+        "processed",
+        "duplicates",
+        "deferred",
+        "skipped",
+        "duration_ms",
+    ]
     show_full_result_count = False

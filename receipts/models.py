@@ -11,9 +11,7 @@ class ChargeReceipt(models.Model):
         SUCCESS = "success", "Success"
         FAILURE = "failure", "Failure (billed: provider charged a partial call)"
 
-    account = models.ForeignKey(
-        "accounts.BillingAccount", on_delete=models.PROTECT, related_name="receipts"
-    )
+    account = models.ForeignKey("accounts.BillingAccount", on_delete=models.PROTECT, related_name="receipts")
     source_system = models.CharField(max_length=32, default="litellm")
     # "{run_id}/{attempt}/{litellm_call_id}": the idempotency key of a charge.
     source_reference = models.CharField(max_length=512)
@@ -48,13 +46,9 @@ class ChargeReceipt(models.Model):
     class Meta:
         ordering = ["-id"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["source_system", "source_reference"], name="receipt_unique_source"
-            ),
+            models.UniqueConstraint(fields=["source_system", "source_reference"], name="receipt_unique_source"),
             models.CheckConstraint(condition=Q(cost_usd__gte=0), name="receipt_cost_nonnegative"),
-            models.CheckConstraint(
-                condition=Q(charged_credits__gte=0), name="receipt_credits_nonnegative"
-            ),
+            models.CheckConstraint(condition=Q(charged_credits__gte=0), name="receipt_credits_nonnegative"),
             models.CheckConstraint(
                 condition=Q(prompt_tokens__gte=0) & Q(completion_tokens__gte=0) & Q(total_tokens__gte=0),
                 name="receipt_tokens_nonnegative",

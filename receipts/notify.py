@@ -29,8 +29,11 @@ class ReceiptWaiter:
     def _conninfo(self) -> str:
         s = connections["default"].settings_dict
         return psycopg.conninfo.make_conninfo(
-            dbname=s["NAME"], user=s["USER"] or None, password=s["PASSWORD"] or None,
-            host=s["HOST"] or None, port=str(s["PORT"]) if s["PORT"] else None,
+            dbname=s["NAME"],
+            user=s["USER"] or None,
+            password=s["PASSWORD"] or None,
+            host=s["HOST"] or None,
+            port=str(s["PORT"]) if s["PORT"] else None,
         )
 
     def _ensure_listener(self) -> None:
@@ -48,7 +51,7 @@ class ReceiptWaiter:
                     while True:
                         for note in conn.notifies(timeout=30.0):
                             self._wake(note.payload)
-            except Exception:  # noqa: BLE001 - keep listening whatever happens
+            except Exception:
                 logger.warning("receipt listener lost its connection; reconnecting", exc_info=True)
                 self.listening.clear()
                 self._wake_all()

@@ -5,10 +5,7 @@ from receipts.models import ChargeReceipt, DeferredUsage
 
 def receipt_for_call(*, litellm_call_id: str) -> ChargeReceipt | None:
     return (
-        ChargeReceipt.objects.select_related("account")
-        .filter(litellm_call_id=litellm_call_id)
-        .order_by("id")
-        .first()
+        ChargeReceipt.objects.select_related("account").filter(litellm_call_id=litellm_call_id).order_by("id").first()
     )
 
 

@@ -321,7 +321,6 @@ def parse_usage_record(record: Any) -> UsageFact | NotBillable:
     )
 
 
-
 @dataclass(frozen=True)
 class UnparseableLine:
     """An NDJSON line that is not JSON: kept for staff, never silently dropped."""

@@ -73,7 +73,9 @@ class UsageIngestApi(APIView):
             )
         body = request._request.read(limit + 1)
         if len(body) > limit:
-            return _error(f"body is over the limit of {limit} bytes", status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, field="body")
+            return _error(
+                f"body is over the limit of {limit} bytes", status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, field="body"
+            )
         try:
             records = parse_ingest_body(body)
         except BodyError as exc:
@@ -88,7 +90,9 @@ class UsageIngestApi(APIView):
             result = ingest_usage_records(records=records)
         except DatabaseError as exc:
             # Nothing could be stored: let the sender retry (every record is idempotent).
-            return _error(f"the billing database is unavailable: {type(exc).__name__}", status.HTTP_503_SERVICE_UNAVAILABLE)
+            return _error(
+                f"the billing database is unavailable: {type(exc).__name__}", status.HTTP_503_SERVICE_UNAVAILABLE
+            )
         elapsed = time.perf_counter() - started
         metrics.ingest_batch_seconds.observe(elapsed)
         metrics.ingest_batch_records.observe(len(records))
@@ -136,7 +140,9 @@ class ReceiptDetailApi(APIView):
         parameters=[OpenApiParameter("wait_ms", int, description="Wait up to this long for the receipt (bounded).")],
         responses={
             200: ReceiptOutputSerializer,
-            404: inline_serializer("ReceiptNotBilled", {"error": serializers.CharField(), "status": serializers.CharField()}),
+            404: inline_serializer(
+                "ReceiptNotBilled", {"error": serializers.CharField(), "status": serializers.CharField()}
+            ),
         },
     )
     def get(self, request: Request, litellm_call_id: str) -> Response:

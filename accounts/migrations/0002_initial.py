@@ -5,51 +5,87 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('receipts', '0001_initial'),
+        ("accounts", "0001_initial"),
+        ("receipts", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='creditledgerentry',
-            name='receipt',
-            field=models.OneToOneField(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='ledger_entry', to='receipts.chargereceipt'),
+            model_name="creditledgerentry",
+            name="receipt",
+            field=models.OneToOneField(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="ledger_entry",
+                to="receipts.chargereceipt",
+            ),
         ),
         migrations.AddField(
-            model_name='enduseralias',
-            name='account',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='aliases', to='accounts.billingaccount'),
+            model_name="enduseralias",
+            name="account",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT, related_name="aliases", to="accounts.billingaccount"
+            ),
         ),
         migrations.AddIndex(
-            model_name='creditledgerentry',
-            index=models.Index(fields=['account', 'created_at'], name='ledger_account_time'),
+            model_name="creditledgerentry",
+            index=models.Index(fields=["account", "created_at"], name="ledger_account_time"),
         ),
         migrations.AddIndex(
-            model_name='creditledgerentry',
-            index=models.Index(fields=['account', 'reason', 'created_at'], name='ledger_account_reason_time'),
+            model_name="creditledgerentry",
+            index=models.Index(fields=["account", "reason", "created_at"], name="ledger_account_reason_time"),
         ),
         migrations.AddConstraint(
-            model_name='creditledgerentry',
-            constraint=models.CheckConstraint(condition=models.Q(('reason__in', ['usage', 'top_up', 'grant', 'refund', 'adjustment'])), name='ledger_reason_known'),
+            model_name="creditledgerentry",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("reason__in", ["usage", "top_up", "grant", "refund", "adjustment"])),
+                name="ledger_reason_known",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='creditledgerentry',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('reason', 'usage'), ('receipt__isnull', False)), models.Q(models.Q(('reason', 'usage'), _negated=True), ('receipt__isnull', True)), _connector='OR'), name='ledger_usage_iff_receipt'),
+            model_name="creditledgerentry",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("reason", "usage"), ("receipt__isnull", False)),
+                    models.Q(models.Q(("reason", "usage"), _negated=True), ("receipt__isnull", True)),
+                    _connector="OR",
+                ),
+                name="ledger_usage_iff_receipt",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='creditledgerentry',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('reason', 'usage'), _negated=True), ('amount_credits__lte', 0), _connector='OR'), name='ledger_usage_is_debit'),
+            model_name="creditledgerentry",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("reason", "usage"), _negated=True), ("amount_credits__lte", 0), _connector="OR"
+                ),
+                name="ledger_usage_is_debit",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='creditledgerentry',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('reason__in', ['top_up', 'grant', 'refund']), _negated=True), ('amount_credits__gt', 0), _connector='OR'), name='ledger_credit_is_positive'),
+            model_name="creditledgerentry",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("reason__in", ["top_up", "grant", "refund"]), _negated=True),
+                    ("amount_credits__gt", 0),
+                    _connector="OR",
+                ),
+                name="ledger_credit_is_positive",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='creditledgerentry',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('reason', 'adjustment'), _negated=True), models.Q(('amount_credits', 0), _negated=True), _connector='OR'), name='ledger_adjustment_nonzero'),
+            model_name="creditledgerentry",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("reason", "adjustment"), _negated=True),
+                    models.Q(("amount_credits", 0), _negated=True),
+                    _connector="OR",
+                ),
+                name="ledger_adjustment_nonzero",
+            ),
         ),
     ]

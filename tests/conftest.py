@@ -1,0 +1,33 @@
+import pytest
+from django.conf import settings
+from rest_framework.test import APIClient
+
+from accounts.models import BillingAccount
+from tests.factories import BillingAccountFactory, EndUserAliasFactory, UserFactory
+
+
+@pytest.fixture
+def ingest_token() -> str:
+    return settings.BILLING_INGEST_TOKEN
+
+
+@pytest.fixture
+def internal_client(ingest_token: str) -> APIClient:
+    """A client of the internal API, authenticated like LiteLLM's generic_api logger."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {ingest_token}")
+    return client
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def account(db) -> BillingAccount:
+    """An account that the sample end users (acct-alice, acct-bob, acct-carol) bill to."""
+    account = BillingAccountFactory(name="Alice Inc.")
+    for end_user in ("acct-alice", "acct-bob", "acct-carol"):
+        EndUserAliasFactory(account=account, end_user=end_user)
+    return account

@@ -1,0 +1,97 @@
+"""factory_boy factories and a builder of LiteLLM records shaped like the real samples."""
+
+import copy
+import json
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import factory
+from django.contrib.auth import get_user_model
+
+from accounts.models import BillingAccount, EndUserAlias
+from receipts.exactjson import dumps_exact, loads_exact
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SAMPLE_BATCH = FIXTURES / "litellm-1.108-json-array-batch.json"
+SAMPLE_FAILURE_EMBEDDING_STREAM = FIXTURES / "litellm-1.108-failure-embedding-stream.json"
+
+
+def load_sample(path: Path) -> list[dict[str, Any]]:
+    return loads_exact(path.read_text())
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        skip_postgeneration_save = True
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
+    password = factory.PostGenerationMethodCall("set_password", "correct-horse-battery")
+
+    @factory.post_generation
+    def _save(obj, create, extracted, **kwargs):
+        if create:
+            obj.save()
+
+
+class BillingAccountFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = BillingAccount
+
+    name = factory.Sequence(lambda n: f"Account {n}")
+    owner = factory.SubFactory(UserFactory)
+
+
+class EndUserAliasFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = EndUserAlias
+
+    end_user = factory.Sequence(lambda n: f"end-user-{n}")
+    account = factory.SubFactory(BillingAccountFactory)
+
+
+_TEMPLATE = load_sample(SAMPLE_BATCH)[0]
+
+
+def litellm_record(
+    *,
+    end_user: str = "acct-alice",
+    cost: Decimal | int | str | None = Decimal("0.0000135"),
+    call_id: str | None = None,
+    run_id: str | None = None,
+    attempt: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """A StandardLoggingPayload like LiteLLM 1.108 sends (from the real sample), with a fresh call id.
+
+    cost="missing" removes `response_cost` entirely.
+    """
+    record = copy.deepcopy(_TEMPLATE)
+    call_id = call_id or str(uuid.uuid4())
+    record["litellm_call_id"] = call_id
+    record["id"] = f"chatcmpl-{uuid.uuid4()}"
+    record["end_user"] = end_user
+    record["metadata"]["user_api_key_end_user_id"] = end_user
+    if cost == "missing":
+        del record["response_cost"]
+    else:
+        record["response_cost"] = cost
+    if run_id is not None or attempt is not None:
+        record["metadata"]["spend_logs_metadata"] = {"run_id": run_id, "attempt": attempt}
+    record.update(overrides)
+    return record
+
+
+def to_body(records: Any) -> bytes:
+    """JSON text exactly as LiteLLM would send it (Decimals as JSON numbers)."""
+    return dumps_exact(records).encode()
+
+
+def to_ndjson(records: list[Any]) -> bytes:
+    return "\n".join(dumps_exact(r) for r in records).encode()
+
+
+__all__ = ["json"]

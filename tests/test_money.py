@@ -54,12 +54,12 @@ def test_never_undercharges_and_never_overcharges_by_a_credit(cost: Decimal, rat
     assert charged - exact < 1
 
 
-def test_markup_applies_once(settings) -> None:  # noqa: ANN001
+def test_markup_applies_once(settings) -> None:
     settings.BILLING_MARKUP = "1.25"
     assert usd_to_credits(Decimal("0.000010")) == 13  # 12.5 -> 13
 
 
-def test_credits_to_usd_uses_the_same_rate(settings) -> None:  # noqa: ANN001
+def test_credits_to_usd_uses_the_same_rate(settings) -> None:
     settings.CREDITS_PER_USD = "1000000"
     assert credits_to_usd(14) == Decimal("0.000014")
     assert credits_to_usd(-2_500_000) == Decimal("-2.500000")

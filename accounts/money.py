@@ -12,6 +12,23 @@ from django.conf import settings
 # exact before the single rounding step.
 _CONTEXT = Context(prec=60)
 USD_QUANTUM = Decimal("0.000001")
+# How receipts store cost_usd. Every digit LiteLLM sends (a float's repr has at
+# most 17 significant digits) fits; usage.py refuses a cost that would not, so
+# the database never rounds a cost.
+COST_MAX_DIGITS = 48
+COST_DECIMAL_PLACES = 30
+
+
+def fits_cost_column(cost_usd: Decimal) -> bool:
+    """True when cost_usd is stored digit for digit (no rounding by the numeric column)."""
+    if cost_usd.is_zero():
+        return True
+    cost_usd = cost_usd.normalize(_CONTEXT)
+    exponent = cost_usd.as_tuple().exponent
+    if not isinstance(exponent, int):
+        return False
+    integer_digits = max(cost_usd.adjusted() + 1, 1)
+    return exponent >= -COST_DECIMAL_PLACES and integer_digits <= COST_MAX_DIGITS - COST_DECIMAL_PLACES
 
 
 def credits_per_usd() -> Decimal:

@@ -1,5 +1,7 @@
 from django.db import models
 
+from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
+
 
 class LedgerDailySummary(models.Model):
     """Per account, UTC day, reason and model group: the sums of the ledger.
@@ -20,7 +22,7 @@ class LedgerDailySummary(models.Model):
     prompt_tokens = models.BigIntegerField(default=0)
     completion_tokens = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
-    cost_usd = models.DecimalField(max_digits=40, decimal_places=18, default=0)
+    cost_usd = models.DecimalField(max_digits=COST_MAX_DIGITS + 6, decimal_places=COST_DECIMAL_PLACES, default=0)
 
     class Meta:
         verbose_name_plural = "ledger daily summaries"

@@ -1,6 +1,7 @@
 from django.db import models
 from django.db.models import Q
 
+from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
 from receipts.exactjson import ExactJSONDecoder, ExactJSONEncoder
 
 
@@ -30,7 +31,7 @@ class ChargeReceipt(models.Model):
     completion_tokens = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)
     # USD exactly as LiteLLM sent it (parsed from the JSON text, never a float).
-    cost_usd = models.DecimalField(max_digits=30, decimal_places=18)
+    cost_usd = models.DecimalField(max_digits=COST_MAX_DIGITS, decimal_places=COST_DECIMAL_PLACES)
     charged_credits = models.BigIntegerField()
     zero_cost_suspect = models.BooleanField(default=False)
     end_user = models.CharField(max_length=255, db_index=True)

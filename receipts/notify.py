@@ -24,6 +24,7 @@ class ReceiptWaiter:
         self._lock = threading.Lock()
         self._events: dict[str, set[threading.Event]] = defaultdict(set)
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self.listening = threading.Event()
 
     def _conninfo(self) -> str:
@@ -43,19 +44,32 @@ class ReceiptWaiter:
                 self._thread.start()
 
     def _run(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 with psycopg.connect(self._conninfo(), autocommit=True) as conn:
                     conn.execute(f"LISTEN {RECEIPT_CHANNEL}")
                     self.listening.set()
-                    while True:
-                        for note in conn.notifies(timeout=30.0):
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
                             self._wake(note.payload)
             except Exception:
+                if self._stop.is_set():
+                    break
                 logger.warning("receipt listener lost its connection; reconnecting", exc_info=True)
                 self.listening.clear()
                 self._wake_all()
-                threading.Event().wait(1.0)
+                self._stop.wait(1.0)
+        self.listening.clear()
+
+    def stop(self) -> None:
+        """Close the listening connection (tests do this before dropping their database)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
+        self._wake_all()
+        self._thread = None
+        self._stop.clear()
 
     def _wake(self, call_id: str) -> None:
         with self._lock:

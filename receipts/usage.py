@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from accounts.money import fits_cost_column
+
 SOURCE_SYSTEM = "litellm"
 # Dropped before anything is stored: prompt and completion text (privacy, size).
 _DROPPED_FIELDS = ("messages", "response")
@@ -114,6 +116,8 @@ def _text(record: dict[str, Any], key: str, *, required: bool = False) -> str:
         return ""
     if not isinstance(value, str):
         raise _Invalid(f"invalid_{key}", f"`{key}` must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise _Invalid(f"invalid_{key}", f"`{key}` contains a NUL character")
     if len(value) > _MAX_ID_LENGTH:
         raise _Invalid(f"invalid_{key}", f"`{key}` is longer than {_MAX_ID_LENGTH} characters")
     return value
@@ -170,6 +174,8 @@ def _cost(record: dict[str, Any]) -> Decimal | None:
         raise _Invalid("invalid_response_cost", f"`response_cost` must be finite, got {value}")
     if cost < 0:
         raise _Invalid("invalid_response_cost", f"`response_cost` must not be negative, got {value}")
+    if not fits_cost_column(cost):
+        raise _Invalid("invalid_response_cost", f"`response_cost` {value} has more digits than the ledger keeps")
     return cost
 
 

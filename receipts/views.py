@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
 from billing_project.api import InternalTokenAuthentication, IsInternalService
 from receipts import metrics
 from receipts.body import BodyError, parse_ingest_body
@@ -121,7 +122,9 @@ class ReceiptOutputSerializer(serializers.Serializer):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
-    cost_usd = serializers.DecimalField(max_digits=30, decimal_places=18, coerce_to_string=True, normalize_output=True)
+    cost_usd = serializers.DecimalField(
+        max_digits=COST_MAX_DIGITS, decimal_places=COST_DECIMAL_PLACES, coerce_to_string=True, normalize_output=True
+    )
     charged_credits = serializers.IntegerField()
     zero_cost_suspect = serializers.BooleanField()
     created_at = serializers.DateTimeField()

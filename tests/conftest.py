@@ -6,6 +6,15 @@ from accounts.models import BillingAccount
 from tests.factories import BillingAccountFactory, EndUserAliasFactory, UserFactory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_receipt_listener(django_db_setup, django_db_blocker):
+    """The long-poll listener holds a connection to the test database: close it before the drop."""
+    yield
+    from receipts.notify import waiter
+
+    waiter.stop()
+
+
 @pytest.fixture
 def ingest_token() -> str:
     return settings.BILLING_INGEST_TOKEN

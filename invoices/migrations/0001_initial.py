@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
                 ("prompt_tokens", models.BigIntegerField(default=0)),
                 ("completion_tokens", models.BigIntegerField(default=0)),
                 ("total_tokens", models.BigIntegerField(default=0)),
-                ("cost_usd", models.DecimalField(decimal_places=18, default=0, max_digits=40)),
+                ("cost_usd", models.DecimalField(decimal_places=30, default=0, max_digits=54)),
                 (
                     "account",
                     models.ForeignKey(

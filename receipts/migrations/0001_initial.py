@@ -65,7 +65,7 @@ class Migration(migrations.Migration):
                 ("prompt_tokens", models.BigIntegerField(default=0)),
                 ("completion_tokens", models.BigIntegerField(default=0)),
                 ("total_tokens", models.BigIntegerField(default=0)),
-                ("cost_usd", models.DecimalField(decimal_places=18, max_digits=30)),
+                ("cost_usd", models.DecimalField(decimal_places=30, max_digits=48)),
                 ("charged_credits", models.BigIntegerField()),
                 ("zero_cost_suspect", models.BooleanField(default=False)),
                 ("end_user", models.CharField(db_index=True, max_length=255)),

@@ -7,15 +7,17 @@ these two functions (PostgreSQL's jsonb stores numbers as exact numerics).
 
 import json
 import re
+import secrets
 from decimal import Decimal
 from typing import Any
 
-_MARK = "\x00dec:"
-_MARKED = re.compile(r'"\\u0000dec:([^"]*)"')
-
-
-class NonFiniteNumber(ValueError):
-    pass
+# Decimals are written as a marked string by the C encoder, then unmarked by one
+# regex pass. The random nonce keeps any string a client sends from posing as a mark.
+_NONCE = secrets.token_hex(8)
+_MARK = f"\x00dec{_NONCE}:"
+_MARKED = re.compile(r'"\\u0000dec' + _NONCE + r':([^"]*)"')
+# A NUL that is data (not an escaped backslash before "u0000"): jsonb cannot store it.
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 
 def _reject_constant(name: str) -> Decimal:
@@ -27,24 +29,16 @@ def loads_exact(text: str | bytes) -> Any:
     return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
 
 
-def _mark(value: Any) -> Any:
+def _mark_decimal(value: Any) -> str:
     if isinstance(value, Decimal):
-        if not value.is_finite():
-            return str(value)
-        return _MARK + str(value)
-    if isinstance(value, str):
-        # PostgreSQL's jsonb cannot store NUL; dropping it also keeps the marker unambiguous.
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {_mark(k): _mark(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_mark(v) for v in value]
-    return value
+        return _MARK + str(value) if value.is_finite() else str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def dumps_exact(value: Any) -> str:
-    """json.dumps that writes each Decimal as the JSON number it was parsed from."""
-    return _MARKED.sub(r"\1", json.dumps(_mark(value), ensure_ascii=False))
+    """json.dumps that writes each Decimal as the JSON number it was parsed from (NUL becomes U+FFFD)."""
+    text = _MARKED.sub(r"\1", json.dumps(value, ensure_ascii=False, default=_mark_decimal))
+    return _NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
 
 
 class ExactJSONEncoder(json.JSONEncoder):

@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
 from accounts.views import CreditGrantApi
+from billing_project.health import healthz
 from receipts.views import ReceiptDetailApi, UsageIngestApi
 
 internal = [
@@ -12,6 +13,7 @@ internal = [
 ]
 
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/internal/billing/", include(internal)),

@@ -1,37 +1,328 @@
-from django.contrib import admin
+"""Staff admin for accounts, aliases and the ledger.
 
+Writes go through accounts.services: new accounts through
+billing_account_create, new aliases through end_user_alias_create (which
+replays the usage that waited for that end user), credits through
+grant_credits from the "Grant credits" form. Ledger entries are read-only.
+"""
+
+import re
+import uuid
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
+from django.db.models import Model, Q, QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from accounts.exceptions import IdempotencyConflict, InvalidLedgerOperation
 from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
+from accounts.money import credits_per_usd, credits_to_usd
+from accounts.services import GRANT_REASONS, billing_account_create, end_user_alias_create, grant_credits
 from billing_project.admin_mixins import ReadOnlyMixin
+from billing_project.admin_tools import EstimatedCountPaginator, InputListFilter
+
+admin.site.site_header = "LLM usage billing"
+admin.site.site_title = "LLM usage billing admin"
+admin.site.index_title = "Books, receipts and deferred records"
+# The receipt and ledger lists are wide; the app list stays one click away on the index.
+admin.site.enable_nav_sidebar = False
+
+GRANT_KEY_PREFIX = "admin-grant-"
+_GRANT_KEY_RE = re.compile(rf"^{GRANT_KEY_PREFIX}[0-9a-f]{{32}}$")
+GRANT_PERMISSION = "accounts.add_creditledgerentry"
+
+
+def _adopt(obj: Model, created: Model) -> None:
+    """Make the admin's unsaved instance the row a service just created (so the admin can go on with it)."""
+    for field in obj._meta.concrete_fields:
+        setattr(obj, field.attname, getattr(created, field.attname))
+    obj._state.adding = False
+    obj._state.db = created._state.db
+
+
+class AccountFilter(InputListFilter):
+    """Filter a big list by account: its public UUID or its numeric id (uses the account index)."""
+
+    title = "account"
+    parameter_name = "account"
+    placeholder = "account UUID or id"
+    account_field = "account"
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = (self.value() or "").strip()
+        if not value:
+            return queryset
+        if value.isdigit():
+            return queryset.filter(**{f"{self.account_field}_id": int(value)})
+        try:
+            public_id = uuid.UUID(value)
+        except ValueError:
+            return queryset.none()
+        account_id = BillingAccount.objects.filter(public_id=public_id).values_list("id", flat=True).first()
+        return queryset.filter(**{f"{self.account_field}_id": account_id}) if account_id else queryset.none()
+
+
+def account_link(account_id: int, label: object, changelist: str) -> str:
+    """A link to `changelist` filtered to one account."""
+    return format_html('<a href="{}?account={}">{}</a>', reverse(changelist), account_id, label)
 
 
 class EndUserAliasInline(admin.TabularInline):
+    """Existing aliases are read-only; new ones are created by end_user_alias_create (see save_formset)."""
+
     model = EndUserAlias
     extra = 0
+    fields = ["end_user", "created_at"]
+    readonly_fields = ["created_at"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class GrantCreditsForm(forms.Form):
+    reason = forms.ChoiceField(
+        choices=[(r.value, r.label) for r in CreditLedgerEntry.Reason if r.value in GRANT_REASONS],
+        initial=CreditLedgerEntry.Reason.GRANT,
+    )
+    amount_credits = forms.IntegerField(
+        label="Amount (credits)",
+        help_text="Positive, except an adjustment, which may be negative (never 0).",
+    )
+    memo = forms.CharField(
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Why: kept on the ledger entry with your name.",
+    )
+    # Generated when the form is rendered: submitting the same form twice grants once.
+    idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=255)
+
+    @staticmethod
+    def new_key() -> str:
+        return f"{GRANT_KEY_PREFIX}{uuid.uuid4().hex}"
+
+    def clean_idempotency_key(self) -> str:
+        key = self.cleaned_data["idempotency_key"]
+        if not _GRANT_KEY_RE.match(key):
+            raise forms.ValidationError("This form is stale or was altered; reload the page.")
+        return key
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        amount, reason = data.get("amount_credits"), data.get("reason")
+        if amount is not None and reason is not None:
+            if reason == CreditLedgerEntry.Reason.ADJUSTMENT:
+                if amount == 0:
+                    self.add_error("amount_credits", "An adjustment must not be 0.")
+            elif amount <= 0:
+                self.add_error("amount_credits", f"A {reason.replace('_', '-')} must be a positive number of credits.")
+        return data
 
 
 @admin.register(BillingAccount)
 class BillingAccountAdmin(admin.ModelAdmin):
-    list_display = ["name", "public_id", "owner", "balance_credits", "created_at"]
-    search_fields = ["name", "public_id", "aliases__end_user", "owner__username"]
-    readonly_fields = ["public_id", "balance_credits", "created_at"]
+    list_display = ["name", "public_id", "owner", "balance_credits", "balance_usd", "created_at", "grant_link"]
+    search_fields = ["name", "=public_id", "aliases__end_user", "owner__username"]
+    fields = ["name", "owner", "public_id", "balance_credits", "balance_usd", "created_at", "books"]
+    readonly_fields = ["public_id", "balance_credits", "balance_usd", "created_at", "books"]
     raw_id_fields = ["owner"]
     list_select_related = ["owner"]
     inlines = [EndUserAliasInline]
+    change_form_template = "admin/accounts/billingaccount/change_form.html"
+
+    @admin.display(description="balance (USD)")
+    def balance_usd(self, account: BillingAccount) -> str:
+        return f"{credits_to_usd(account.balance_credits):.6f}" if account.pk else "-"
+
+    @admin.display(description="ledger")
+    def books(self, account: BillingAccount) -> str:
+        if not account.pk:
+            return "-"
+        return format_html(
+            '<a href="{}?account={}">ledger entries</a> · <a href="{}?account={}">receipts</a>',
+            reverse("admin:accounts_creditledgerentry_changelist"),
+            account.pk,
+            reverse("admin:receipts_chargereceipt_changelist"),
+            account.pk,
+        )
+
+    @admin.display(description="")
+    def grant_link(self, account: BillingAccount) -> str:
+        return format_html(
+            '<a href="{}">Grant credits</a>', reverse("admin:accounts_billingaccount_grant", args=[account.pk])
+        )
+
+    def save_model(self, request: HttpRequest, obj: BillingAccount, form: Any, change: bool) -> None:
+        if change:
+            # Only name and owner are editable; the balance is moved by the ledger trigger alone.
+            obj.save(update_fields=["name", "owner"])
+        else:
+            _adopt(obj, billing_account_create(name=obj.name, owner=obj.owner))
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not EndUserAlias:
+            super().save_formset(request, form, formset, change)
+            return
+        created = []
+        for alias in formset.save(commit=False):
+            if alias.pk is None:
+                new = end_user_alias_create(account=form.instance, end_user=alias.end_user)
+                _adopt(alias, new)
+                created.append(alias)
+        formset.new_objects = created
+
+    # --- the "grant credits" form ---------------------------------------------------------
+
+    def get_urls(self) -> list:
+        custom = [
+            path(
+                "<path:object_id>/grant/",
+                self.admin_site.admin_view(self.grant_view),
+                name="accounts_billingaccount_grant",
+            )
+        ]
+        return custom + super().get_urls()
+
+    def has_grant_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(GRANT_PERMISSION)
+
+    def render_change_form(self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        context["can_grant"] = self.has_grant_permission(request)
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    def grant_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        account = self.get_object(request, unquote(object_id))
+        if account is None:
+            raise Http404("no such billing account")
+        if not (self.has_view_permission(request, account) and self.has_grant_permission(request)):
+            raise PermissionDenied
+        if request.method == "POST":
+            form = GrantCreditsForm(request.POST)
+            if form.is_valid():
+                response = self._grant(request, account, form)
+                if response is not None:
+                    return response
+        else:
+            form = GrantCreditsForm(initial={"idempotency_key": GrantCreditsForm.new_key()})
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Grant credits to {account.name}",
+            "opts": self.opts,
+            "original": account,
+            "form": form,
+            "credits_per_usd": credits_per_usd(),
+            "balance_usd": credits_to_usd(account.balance_credits),
+            "has_view_permission": True,
+        }
+        return TemplateResponse(request, "admin/accounts/billingaccount/grant_credits.html", context)
+
+    def _grant(self, request: HttpRequest, account: BillingAccount, form: GrantCreditsForm) -> HttpResponse | None:
+        data = form.cleaned_data
+        try:
+            result = grant_credits(
+                account=account,
+                amount_credits=data["amount_credits"],
+                reason=data["reason"],
+                idempotency_key=data["idempotency_key"],
+                memo=data["memo"],
+                created_by=request.user,
+            )
+        except IdempotencyConflict:
+            form.add_error(None, "This form was already used for a different grant. Reload the page to make a new one.")
+            return None
+        except InvalidLedgerOperation as exc:
+            form.add_error("amount_credits", str(exc))
+            return None
+        entry = result.entry
+        account.refresh_from_db(fields=["balance_credits"])
+        if result.created:
+            text = f"{entry.get_reason_display()} of {entry.amount_credits:+,d} credits (ledger entry #{entry.pk})"
+            self.log_change(request, account, f"Granted credits: {text}")
+            messages.success(
+                request,
+                f"Recorded: {text}. Balance now {account.balance_credits:,d} credits "
+                f"({credits_to_usd(account.balance_credits)} USD).",
+            )
+        else:
+            messages.warning(
+                request,
+                f"This form was already submitted: the credits were granted once (ledger entry #{entry.pk}); "
+                "nothing was added this time.",
+            )
+        return HttpResponseRedirect(reverse("admin:accounts_billingaccount_change", args=[account.pk]))
 
 
 @admin.register(EndUserAlias)
 class EndUserAliasAdmin(admin.ModelAdmin):
+    """Aliases are created through end_user_alias_create (which replays waiting usage) and never edited."""
+
     list_display = ["end_user", "account", "created_at"]
-    search_fields = ["end_user", "account__name"]
+    search_fields = ["=end_user", "account__name"]
     raw_id_fields = ["account"]
     list_select_related = ["account"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: EndUserAlias, form: Any, change: bool) -> None:
+        if change:
+            raise PermissionDenied("aliases are not edited; delete it and add a new one")
+        _adopt(obj, end_user_alias_create(account=obj.account, end_user=obj.end_user))
 
 
 @admin.register(CreditLedgerEntry)
 class CreditLedgerEntryAdmin(ReadOnlyMixin, admin.ModelAdmin):
-    list_display = ["id", "account", "reason", "amount_credits", "balance_after", "receipt", "created_by", "created_at"]
-    list_filter = ["reason"]
-    search_fields = ["account__name", "idempotency_key", "memo"]
+    list_per_page = 50
+    list_display = [
+        "id",
+        "account_column",
+        "reason",
+        "amount_credits",
+        "balance_after",
+        "receipt_call_id",
+        "memo",
+        "created_by",
+        "created_at",
+    ]
+    list_filter = [AccountFilter, "reason"]
+    date_hierarchy = "created_at"
+    search_fields = ["idempotency_key", "receipt__litellm_call_id"]
+    search_help_text = "Exact idempotency key or LiteLLM call id."
     raw_id_fields = ["account", "receipt", "created_by"]
-    list_select_related = ["account", "created_by"]
+    list_select_related = ["account", "created_by", "receipt"]
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    paginator = EstimatedCountPaginator
+    change_list_template = "admin/fast_change_list.html"
+
+    @admin.display(description="account", ordering="account_id")
+    def account_column(self, entry: CreditLedgerEntry) -> str:
+        return account_link(entry.account_id, entry.account.name, "admin:accounts_creditledgerentry_changelist")
+
+    @admin.display(description="call id")
+    def receipt_call_id(self, entry: CreditLedgerEntry) -> str:
+        if entry.receipt_id is None:
+            return "-"
+        return format_html(
+            '<a href="{}">{}</a>',
+            reverse("admin:receipts_chargereceipt_change", args=[entry.receipt_id]),
+            entry.receipt.litellm_call_id,
+        )
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        from receipts.models import ChargeReceipt
+
+        # Resolve call ids first, so both halves of the OR are index lookups on this table.
+        receipt_ids = list(ChargeReceipt.objects.filter(litellm_call_id=term).values_list("id", flat=True)[:100])
+        return queryset.filter(Q(idempotency_key=term) | Q(receipt_id__in=receipt_ids)), False

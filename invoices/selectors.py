@@ -1,0 +1,302 @@
+"""Invoice reads: one month of one account, from the ledger's daily summary.
+
+Every number here comes from invoices.LedgerDailySummary, which the ledger's
+own INSERT trigger writes in the same transaction as each entry (migration
+invoices/0002), so the invoice reads the ledger's sums without scanning the
+ledger: a month with a million usage entries is a few hundred summary rows.
+
+Identity (SPEC section 7): opening + added − used = closing, exactly, where
+  opening = sum of every entry before the period,
+  added   = sum of the non-usage entries in the period (top-ups, grants,
+            refunds and adjustments, which may be negative),
+  used    = − sum of the usage debits in the period.
+Periods and days are UTC, like the summary's buckets.
+"""
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from uuid import UUID
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Sum
+from django.utils import timezone
+
+from accounts.models import BillingAccount, CreditLedgerEntry
+from accounts.money import credits_per_usd, credits_to_usd
+from accounts.selectors import accounts_for_user
+from invoices.models import LedgerDailySummary
+
+Reason = CreditLedgerEntry.Reason
+# Credits added, in the order every surface lists them (all four, even at 0).
+ADDED_REASONS: tuple[str, ...] = (Reason.TOP_UP, Reason.GRANT, Reason.REFUND, Reason.ADJUSTMENT)
+_PERIOD_RE = re.compile(r"^(?P<year>\d{4})-(?P<month>0[1-9]|1[0-2])$")
+
+
+class InvalidPeriod(ValueError):
+    """A period that is not `YYYY-MM`, or a month that has not started yet."""
+
+
+@dataclass(frozen=True, order=True)
+class Period:
+    """A calendar month in UTC: [start, end)."""
+
+    year: int
+    month: int
+
+    @property
+    def start(self) -> date:
+        return date(self.year, self.month, 1)
+
+    @property
+    def end(self) -> date:
+        """The first day after the period (exclusive bound)."""
+        return date(self.year + self.month // 12, self.month % 12 + 1, 1)
+
+    @property
+    def label(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+    @property
+    def previous(self) -> "Period":
+        return Period(self.year - 1, 12) if self.month == 1 else Period(self.year, self.month - 1)
+
+    @property
+    def next(self) -> "Period":
+        return Period(self.year + 1, 1) if self.month == 12 else Period(self.year, self.month + 1)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def current_period(*, now: datetime | None = None) -> Period:
+    today = (now or timezone.now()).astimezone(UTC).date()
+    return Period(today.year, today.month)
+
+
+def parse_period(text: str | None, *, now: datetime | None = None) -> Period:
+    """`YYYY-MM` → Period; None or "" → the current month. Raises InvalidPeriod."""
+    if not text:
+        return current_period(now=now)
+    match = _PERIOD_RE.match(text)
+    if match is None:
+        raise InvalidPeriod(f"period must look like YYYY-MM (e.g. 2025-01), got {text[:20]!r}")
+    period = Period(int(match["year"]), int(match["month"]))
+    if period.year < 1970:
+        raise InvalidPeriod("period is before 1970")
+    if period > current_period(now=now):
+        raise InvalidPeriod(f"period {period.label} has not started yet")
+    return period
+
+
+def account_for_user(*, user: AbstractBaseUser, public_id: str | UUID | None = None) -> BillingAccount | None:
+    """The user's account named by `public_id` (their first account when None), or None.
+
+    None also when the id is malformed or belongs to someone else: callers
+    answer 404 and never reveal whether another user's account exists.
+    """
+    accounts = accounts_for_user(user=user)
+    if public_id in (None, ""):
+        return accounts.first()
+    try:
+        wanted = public_id if isinstance(public_id, UUID) else UUID(str(public_id))
+    except ValueError:
+        return None
+    return accounts.filter(public_id=wanted).first()
+
+
+@dataclass(frozen=True)
+class ReasonLine:
+    reason: str
+    label: str
+    entries: int
+    credits: int
+
+    @property
+    def usd(self) -> Decimal:
+        return credits_to_usd(self.credits)
+
+
+@dataclass(frozen=True)
+class ModelGroupLine:
+    model_group: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    credits: int
+
+    @property
+    def usd(self) -> Decimal:
+        return credits_to_usd(self.credits)
+
+
+@dataclass(frozen=True)
+class DayLine:
+    day: date
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    used_credits: int
+    added_credits: int
+    # Balance at the end of the day (opening + everything up to and including it).
+    closing_balance_credits: int
+
+    @property
+    def used_usd(self) -> Decimal:
+        return credits_to_usd(self.used_credits)
+
+    @property
+    def added_usd(self) -> Decimal:
+        return credits_to_usd(self.added_credits)
+
+    @property
+    def closing_balance_usd(self) -> Decimal:
+        return credits_to_usd(self.closing_balance_credits)
+
+
+@dataclass(frozen=True)
+class UsageTotals:
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    credits: int
+
+    @property
+    def usd(self) -> Decimal:
+        return credits_to_usd(self.credits)
+
+
+@dataclass(frozen=True)
+class Invoice:
+    account: BillingAccount
+    period: Period
+    opening_credits: int
+    added_by_reason: list[ReasonLine]
+    added_credits: int
+    used_credits: int
+    closing_credits: int
+    by_model_group: list[ModelGroupLine]
+    by_day: list[DayLine]
+    totals: UsageTotals
+    credits_per_usd: Decimal
+    # The last day the invoice covers (today for the running month).
+    through: date
+    # The period has not ended: the closing balance is the balance so far.
+    is_running: bool
+
+    @property
+    def opening_usd(self) -> Decimal:
+        return credits_to_usd(self.opening_credits)
+
+    @property
+    def added_usd(self) -> Decimal:
+        return credits_to_usd(self.added_credits)
+
+    @property
+    def used_usd(self) -> Decimal:
+        return credits_to_usd(self.used_credits)
+
+    @property
+    def closing_usd(self) -> Decimal:
+        return credits_to_usd(self.closing_credits)
+
+
+def _days(start: date, through: date) -> Iterable[date]:
+    day = start
+    while day <= through:
+        yield day
+        day += timedelta(days=1)
+
+
+def invoice_for_account(*, account: BillingAccount, period: Period, now: datetime | None = None) -> Invoice:
+    """The invoice of `account` for `period`: two indexed queries over the daily summary."""
+    start, end = period.start, period.end
+    summaries = LedgerDailySummary.objects.filter(account=account)
+    opening = int(summaries.filter(day__lt=start).aggregate(s=Sum("amount_credits"))["s"] or 0)
+    rows = summaries.filter(day__gte=start, day__lt=end).values_list(
+        "day",
+        "reason",
+        "model_group",
+        "entries",
+        "amount_credits",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+    )
+
+    added: dict[str, list[int]] = {reason: [0, 0] for reason in ADDED_REASONS}
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    days: dict[date, list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0, 0])
+    for day, reason, model_group, entries, amount, prompt, completion, total in rows:
+        bucket = days[day]
+        if reason == Reason.USAGE:
+            group = groups[model_group]
+            for values in (group, bucket):
+                values[0] += entries
+                values[1] += prompt
+                values[2] += completion
+                values[3] += total
+                values[4] -= amount  # usage debits are ≤ 0; "used" is their magnitude
+        else:
+            line = added.setdefault(reason, [0, 0])
+            line[0] += entries
+            line[1] += amount
+            bucket[5] += amount
+
+    added_lines = [
+        ReasonLine(reason=reason, label=_reason_label(reason), entries=entries, credits=credits)
+        for reason, (entries, credits) in added.items()
+    ]
+    added_credits = sum(line.credits for line in added_lines)
+    by_model_group = sorted(
+        (ModelGroupLine(name, *values) for name, values in groups.items()),
+        key=lambda line: (-line.credits, -line.calls, line.model_group),
+    )
+    used_credits = sum(line.credits for line in by_model_group)
+
+    today = (now or timezone.now()).astimezone(UTC).date()
+    is_running = today < end
+    through = min(end - timedelta(days=1), max(today, start))
+    by_day = []
+    balance = opening
+    for day in _days(start, max([through, *days])):
+        calls, prompt, completion, total, used, day_added = days.get(day, (0, 0, 0, 0, 0, 0))
+        balance += day_added - used
+        by_day.append(DayLine(day, calls, prompt, completion, total, used, day_added, balance))
+
+    totals = UsageTotals(
+        calls=sum(line.calls for line in by_model_group),
+        prompt_tokens=sum(line.prompt_tokens for line in by_model_group),
+        completion_tokens=sum(line.completion_tokens for line in by_model_group),
+        total_tokens=sum(line.total_tokens for line in by_model_group),
+        credits=used_credits,
+    )
+    closing = opening + added_credits - used_credits
+    return Invoice(
+        account=account,
+        period=period,
+        opening_credits=opening,
+        added_by_reason=added_lines,
+        added_credits=added_credits,
+        used_credits=used_credits,
+        closing_credits=closing,
+        by_model_group=by_model_group,
+        by_day=by_day,
+        totals=totals,
+        credits_per_usd=credits_per_usd(),
+        through=through,
+        is_running=is_running,
+    )
+
+
+def _reason_label(reason: str) -> str:
+    try:
+        return str(Reason(reason).label)
+    except ValueError:
+        return reason

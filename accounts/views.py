@@ -1,5 +1,5 @@
 from django.shortcuts import get_object_or_404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,6 +17,7 @@ class CreditGrantApi(APIView):
     authentication_classes = [InternalTokenAuthentication]
     permission_classes = [IsInternalService]
 
+    @extend_schema_serializer(component_name="CreditGrantRequest")
     class InputSerializer(serializers.Serializer):
         account = serializers.UUIDField()
         amount_credits = serializers.IntegerField()
@@ -29,7 +30,9 @@ class CreditGrantApi(APIView):
                 raise serializers.ValidationError("no billing account has this id")
             return value
 
+    @extend_schema_serializer(component_name="CreditGrantResult")
     class OutputSerializer(serializers.Serializer):
+        @extend_schema_serializer(component_name="CreditLedgerEntry")
         class EntrySerializer(serializers.ModelSerializer):
             account = serializers.UUIDField(source="account.public_id")
 

@@ -4,6 +4,7 @@ import hmac
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
@@ -61,3 +62,13 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     elif isinstance(data, list):
         response.data = {"error": "invalid request", "detail": data}
     return response
+
+
+class InternalTokenScheme(OpenApiAuthenticationExtension):
+    """Documents the internal bearer token in the OpenAPI schema."""
+
+    target_class = "billing_project.api.InternalTokenAuthentication"
+    name = "internalBearerToken"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer", "description": "BILLING_INGEST_TOKEN (at least 32 characters)"}

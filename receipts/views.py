@@ -3,7 +3,7 @@ import time
 from django.conf import settings
 from django.db import DatabaseError, connection
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_serializer, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -39,6 +39,7 @@ class UsageIngestApi(APIView):
     permission_classes = [IsInternalService]
     parser_classes: list = []  # the body is read raw: money is parsed as Decimal from its text
 
+    @extend_schema_serializer(component_name="IngestResult")
     class OutputSerializer(serializers.Serializer):
         processed = serializers.IntegerField()
         duplicates = serializers.IntegerField()
@@ -82,7 +83,7 @@ class UsageIngestApi(APIView):
         except BodyError as exc:
             try:
                 batch = ingest_batch_open(remote_addr=_remote(request), content_type=content_type, body_bytes=len(body))
-                ingest_batch_fail(batch=batch, error=f"{exc}\n--- body head ---\n{body[:4096]!r}")
+                ingest_batch_fail(batch=batch, error=f"{exc}\n--- first 512 bytes ---\n{body[:512]!r}")
             except DatabaseError:
                 pass
             return _error(str(exc), status.HTTP_400_BAD_REQUEST, field="body")
@@ -105,6 +106,7 @@ def _remote(request: Request) -> str:
     return str(request.META.get("REMOTE_ADDR", ""))[:64]
 
 
+@extend_schema_serializer(component_name="ChargeReceipt")
 class ReceiptOutputSerializer(serializers.Serializer):
     litellm_call_id = serializers.CharField()
     request_id = serializers.CharField()
@@ -136,6 +138,7 @@ class ReceiptDetailApi(APIView):
     authentication_classes = [InternalTokenAuthentication]
     permission_classes = [IsInternalService]
 
+    @extend_schema_serializer(component_name="ReceiptWaitParameters")
     class InputSerializer(serializers.Serializer):
         wait_ms = serializers.IntegerField(required=False, default=0, min_value=0)
 

@@ -155,15 +155,47 @@ BILLING_DEFERRED_BASE_DELAY_SECONDS = env.int("BILLING_DEFERRED_BASE_DELAY_SECON
 BILLING_DEFERRED_MAX_DELAY_SECONDS = env.int("BILLING_DEFERRED_MAX_DELAY_SECONDS", default=6 * 3600)
 BILLING_DEFERRED_MAX_ATTEMPTS = env.int("BILLING_DEFERRED_MAX_ATTEMPTS", default=12)
 
+# The sweep (Celery beat, or `manage.py billing_worker` without a broker) retries due
+# records every BILLING_DEFERRED_SWEEP_SECONDS, at most BILLING_DEFERRED_SWEEP_BATCH
+# per run; a claimed record is not handed out again for BILLING_DEFERRED_CLAIM_SECONDS.
+BILLING_DEFERRED_SWEEP_SECONDS = env.int("BILLING_DEFERRED_SWEEP_SECONDS", default=60)
+BILLING_DEFERRED_SWEEP_BATCH = env.int("BILLING_DEFERRED_SWEEP_BATCH", default=500)
+BILLING_DEFERRED_CLAIM_SECONDS = env.int("BILLING_DEFERRED_CLAIM_SECONDS", default=6 * 60)
+
+# `manage.py reconcile` and its scheduled twin (receipts/reconcile.py).
+# The schedule checks the trailing BILLING_RECONCILE_WINDOW_SECONDS that ended
+# BILLING_RECONCILE_LAG_SECONDS ago (LiteLLM writes its spend logs in batches),
+# every BILLING_RECONCILE_SECONDS; it backfills missing receipts only when
+# BILLING_RECONCILE_APPLY is true, and compares with LiteLLM only when
+# LITELLM_MASTER_KEY is set (the in-book checks always run).
+BILLING_RECONCILE_SECONDS = env.int("BILLING_RECONCILE_SECONDS", default=3600)
+BILLING_RECONCILE_WINDOW_SECONDS = env.int("BILLING_RECONCILE_WINDOW_SECONDS", default=2 * 3600)
+BILLING_RECONCILE_LAG_SECONDS = env.int("BILLING_RECONCILE_LAG_SECONDS", default=15 * 60)
+BILLING_RECONCILE_APPLY = env.bool("BILLING_RECONCILE_APPLY", default=False)
+# Spend-log pages (LiteLLM allows at most 1000 rows a page) and the first time
+# slice asked for; later slices are sized from the last one's count to fit about a page.
+BILLING_RECONCILE_PAGE_SIZE = env.int("BILLING_RECONCILE_PAGE_SIZE", default=1000)
+BILLING_RECONCILE_SLICE_SECONDS = env.int("BILLING_RECONCILE_SLICE_SECONDS", default=3600)
+# How many discrepancies of each kind the report lists (all are counted).
+BILLING_RECONCILE_REPORT_LIMIT = env.int("BILLING_RECONCILE_REPORT_LIMIT", default=50)
+
 LITELLM_BASE_URL = env.str("LITELLM_BASE_URL", default="http://127.0.0.1:4000")
 LITELLM_MASTER_KEY = env.str("LITELLM_MASTER_KEY", default="")
 LITELLM_TIMEOUT_SECONDS = env.float("LITELLM_TIMEOUT_SECONDS", default=10.0)
+# Transient errors (connection, timeout, 429, 5xx) are retried this many times
+# with exponential backoff from LITELLM_RETRY_BACKOFF_SECONDS.
+LITELLM_RETRIES = env.int("LITELLM_RETRIES", default=3)
+LITELLM_RETRY_BACKOFF_SECONDS = env.float("LITELLM_RETRY_BACKOFF_SECONDS", default=0.5)
 
 # --- Celery ------------------------------------------------------------------
 # Empty broker: bin/run sweeps deferred records with `manage.py billing_worker`
 # instead of a Celery worker (README, "Deferred records").
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
-CELERY_RESULT_BACKEND = None
+# Results are not needed by the service (tasks record their outcome in the database);
+# set a backend (e.g. the Redis URL) to inspect them. The worker test does.
+CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
+# One queue for every task; name it per deployment when several share a broker.
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -175,11 +207,11 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE = {
     "sweep-deferred-usage": {
         "task": "receipts.tasks.sweep_deferred_usage",
-        "schedule": timedelta(seconds=env.int("BILLING_DEFERRED_SWEEP_SECONDS", default=60)),
+        "schedule": timedelta(seconds=BILLING_DEFERRED_SWEEP_SECONDS),
     },
     "reconcile-books": {
         "task": "receipts.tasks.reconcile_books",
-        "schedule": timedelta(seconds=env.int("BILLING_RECONCILE_SECONDS", default=3600)),
+        "schedule": timedelta(seconds=BILLING_RECONCILE_SECONDS),
     },
 }
 
@@ -189,5 +221,6 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # httpx logs every request at INFO: a reconcile pages through thousands.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

@@ -1,5 +1,6 @@
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
 from receipts.exactjson import ExactJSONDecoder, ExactJSONEncoder
@@ -12,13 +13,16 @@ class ChargeReceipt(models.Model):
         SUCCESS = "success", "Success"
         FAILURE = "failure", "Failure (billed: provider charged a partial call)"
 
-    account = models.ForeignKey("accounts.BillingAccount", on_delete=models.PROTECT, related_name="receipts")
+    # Indexed by receipt_account_time (its leading column).
+    account = models.ForeignKey(
+        "accounts.BillingAccount", on_delete=models.PROTECT, related_name="receipts", db_index=False
+    )
     source_system = models.CharField(max_length=32, default="litellm")
     # "{run_id}/{attempt}/{litellm_call_id}": the idempotency key of a charge.
     source_reference = models.CharField(max_length=512)
-    litellm_call_id = models.CharField(max_length=255, db_index=True)
-    request_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
-    run_id = models.CharField(max_length=255, db_index=True)
+    litellm_call_id = models.CharField(max_length=255)
+    request_id = models.CharField(max_length=255, blank=True, default="")
+    run_id = models.CharField(max_length=255)
     attempt = models.IntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.SUCCESS)
     model_group = models.CharField(max_length=255, blank=True, default="")
@@ -34,13 +38,13 @@ class ChargeReceipt(models.Model):
     cost_usd = models.DecimalField(max_digits=COST_MAX_DIGITS, decimal_places=COST_DECIMAL_PLACES)
     charged_credits = models.BigIntegerField()
     zero_cost_suspect = models.BooleanField(default=False)
-    end_user = models.CharField(max_length=255, db_index=True)
+    end_user = models.CharField(max_length=255)
     api_key_hash = models.CharField(max_length=255, blank=True, default="")
     api_key_alias = models.CharField(max_length=255, blank=True, default="")
     team_id = models.CharField(max_length=255, blank=True, default="")
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField()
     # The record as received, without `messages`/`response` (privacy, size).
     raw_record = models.JSONField(encoder=ExactJSONEncoder, decoder=ExactJSONDecoder)
 
@@ -56,9 +60,18 @@ class ChargeReceipt(models.Model):
             ),
         ]
         indexes = [
+            # Plain btrees for exact lookups (db_index on a CharField would add a second,
+            # LIKE-only index to every write on the ingest path).
+            models.Index(fields=["litellm_call_id"], name="receipt_call_id"),
+            models.Index(fields=["request_id"], name="receipt_request_id"),
+            models.Index(fields=["run_id"], name="receipt_run_id"),
+            models.Index(fields=["end_user"], name="receipt_end_user"),
+            models.Index(fields=["created_at"], name="receipt_created_at"),
             models.Index(fields=["account", "created_at"], name="receipt_account_time"),
             models.Index(fields=["model_group", "created_at"], name="receipt_model_time"),
             models.Index(fields=["provider"], name="receipt_provider"),
+            # The call's time: reconcile selects a window's receipts by it (receipts/reconcile.py).
+            models.Index(Coalesce("started_at", "created_at"), name="receipt_call_time"),
         ]
 
     def __str__(self) -> str:

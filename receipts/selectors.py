@@ -1,4 +1,4 @@
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from receipts.models import ChargeReceipt, DeferredUsage
 
@@ -24,3 +24,14 @@ def deferred_due(*, now) -> QuerySet[DeferredUsage]:  # type: ignore[no-untyped-
     return DeferredUsage.objects.filter(status=DeferredUsage.Status.PENDING, next_attempt_at__lte=now).order_by(
         "next_attempt_at", "id"
     )
+
+
+def deferred_open_counts() -> dict[tuple[str, str], int]:
+    """Open deferred records by (status, reason): pending ones wait for a retry, failed ones for staff."""
+    rows = (
+        DeferredUsage.objects.filter(status__in=[DeferredUsage.Status.PENDING, DeferredUsage.Status.FAILED])
+        .values_list("status", "reason")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    return {(status, reason): n for status, reason, n in rows}

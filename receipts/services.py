@@ -8,15 +8,17 @@ endpoint, the deferred retry and the reconciler's backfill all call them.
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import CreditLedgerEntry, EndUserAlias
 from accounts.money import usd_to_credits
 from receipts import metrics
+from receipts.exactjson import dumps_exact
 from receipts.models import ChargeReceipt, DeferredUsage, IngestBatch
 from receipts.usage import SOURCE_SYSTEM, NotBillable, UsageFact, judge, parse_usage_record
 
@@ -38,14 +40,30 @@ class CommitOutcome:
 
 # Columns of a receipt INSERT, in model order (the primary key comes from the sequence).
 _RECEIPT_FIELDS = [f for f in ChargeReceipt._meta.concrete_fields if not f.primary_key]
-_RECEIPT_INSERT = (
-    f"INSERT INTO {ChargeReceipt._meta.db_table} ({', '.join(f.column for f in _RECEIPT_FIELDS)}) VALUES {{rows}} "
-    "ON CONFLICT (source_system, source_reference) DO NOTHING RETURNING id, source_reference"
-)
 
 
-def _receipt_values(fact: UsageFact, *, account_id: int, now: Any) -> list[Any]:
-    values = {
+def _receipt_insert_sql() -> str:
+    """One array parameter per column, unnested, and the records as one JSON array.
+
+    Binding a handful of arrays is far cheaper than a parameter per value, and
+    one JSON text avoids escaping each record as an array element (bench/README.md,
+    "Ingest"). WITH ORDINALITY keeps the rows in source_reference order.
+    """
+    columns = [f for f in _RECEIPT_FIELDS if f.name != "raw_record"]
+    names = ", ".join(f.column for f in columns)
+    arrays = ", ".join(f"%s::{f.db_type(connection)}[]" for f in columns)
+    return (
+        f"INSERT INTO {ChargeReceipt._meta.db_table} ({names}, raw_record) "
+        f"SELECT {', '.join('u.' + f.column for f in columns)}, r.value "
+        f"FROM unnest({arrays}) WITH ORDINALITY AS u({names}, ord) "
+        "JOIN jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(value, ord) USING (ord) ORDER BY ord "
+        "ON CONFLICT (source_system, source_reference) DO NOTHING RETURNING id, source_reference"
+    )
+
+
+def _receipt_row(fact: UsageFact, *, account_id: int, now: datetime) -> dict[str, Any]:
+    """One receipt's column values by field name (the JSON record already serialised, exactly)."""
+    return {
         "account": account_id,
         "source_system": SOURCE_SYSTEM,
         "source_reference": fact.source_reference,
@@ -73,22 +91,25 @@ def _receipt_values(fact: UsageFact, *, account_id: int, now: Any) -> list[Any]:
         "started_at": fact.started_at,
         "ended_at": fact.ended_at,
         "created_at": now,
-        "raw_record": fact.record,
+        "raw_record": dumps_exact(fact.record),
     }
-    return [f.get_db_prep_save(values[f.name], connection) for f in _RECEIPT_FIELDS]
 
 
-def _insert_receipts(rows: list[tuple[UsageFact, int]], *, now: Any) -> dict[str, int]:
+def _insert_receipts(rows: list[tuple[UsageFact, int]], *, now: datetime) -> dict[str, int]:
     """INSERT … ON CONFLICT DO NOTHING; returns {source_reference: receipt id} of new receipts."""
     inserted: dict[str, int] = {}
-    placeholder = "(" + ", ".join(["%s"] * len(_RECEIPT_FIELDS)) + ")"
-    with connection.cursor() as cursor:
+    sql = _receipt_insert_sql()
+    connection.ensure_connection()
+    # A server-binding cursor on Django's connection (same transaction): the
+    # parameters travel apart from the SQL instead of being quoted into it,
+    # which halves the cost of a 512-record INSERT (bench/README.md, "Ingest");
+    # wrap_database_errors turns psycopg's errors into Django's, as for any query.
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start : start + _CHUNK]
-            params: list[Any] = []
-            for fact, account_id in chunk:
-                params.extend(_receipt_values(fact, account_id=account_id, now=now))
-            cursor.execute(_RECEIPT_INSERT.format(rows=", ".join([placeholder] * len(chunk))), params)
+            values = [_receipt_row(fact, account_id=account, now=now) for fact, account in rows[start : start + _CHUNK]]
+            params: list[Any] = [[row[f.name] for row in values] for f in _RECEIPT_FIELDS if f.name != "raw_record"]
+            params.append("[" + ",".join(row["raw_record"] for row in values) + "]")
+            cursor.execute(sql, params)
             inserted.update({ref: pk for pk, ref in cursor.fetchall()})
     return inserted
 
@@ -387,45 +408,161 @@ def ingest_batch_fail(*, batch: IngestBatch, error: str) -> None:
     IngestBatch.objects.filter(pk=batch.pk).update(error=error[:10_000])
 
 
-def retry_deferred_usage(*, deferred: DeferredUsage, record: dict[str, Any] | None = None) -> CommitOutcome | None:
-    """Re-judge a deferred record (optionally with a cost learnt since) and bill it if it can be.
+_OPEN = (DeferredUsage.Status.PENDING, DeferredUsage.Status.FAILED)
+_WAITING_REASONS = frozenset({DeferredUsage.Reason.UNKNOWN_COST, DeferredUsage.Reason.UNKNOWN_END_USER})
 
-    Returns the outcome, or None when it still cannot be billed (its row is
-    rescheduled with backoff, or marked failed after the last attempt).
+
+def retry_deferred_usage(*, deferred: DeferredUsage, record: dict[str, Any] | None = None) -> CommitOutcome | None:
+    """Re-judge a deferred record and bill it through commit_usage_fact() if it can be billed now.
+
+    With `record` given (e.g. a cost learnt elsewhere patched in), that record
+    is judged; otherwise the stored one, and when its cost is still unknown
+    LiteLLM's spend logs are asked for it first (outside any transaction).
+    Returns the commit outcome ("processed" or "duplicate"), or None when it
+    still cannot be billed: then the row is rescheduled with backoff, or
+    marked failed after BILLING_DEFERRED_MAX_ATTEMPTS (counted in
+    billing_invariant_violation_total{reason="deferred_expired"}). A row
+    already billed or discarded, or being retried by another worker right
+    now (its row lock is taken with SKIP LOCKED), is left alone (None).
+    Two retries of one record can never bill it twice: the receipt's
+    UNIQUE(source_system, source_reference) makes the second a duplicate.
+    """
+    current = DeferredUsage.objects.filter(pk=deferred.pk, status__in=_OPEN).first()
+    if current is None:
+        metrics.deferred_retries_total.labels(result="skipped").inc()
+        return None
+    lookup_error = ""
+    if record is None:
+        record = current.record
+        judged = parse_usage_record(record)
+        if isinstance(judged, NotBillable) and judged.reason == DeferredUsage.Reason.UNKNOWN_COST:
+            record, lookup_error = _record_with_litellm_cost(record, judged)
+    outcome, result = _settle_deferred(
+        deferred_id=current.pk, record=record, lookup_error=lookup_error, learnt=record is not current.record
+    )
+    metrics.deferred_retries_total.labels(result=result).inc()
+    return outcome
+
+
+def _record_with_litellm_cost(record: dict[str, Any], judged: NotBillable) -> tuple[dict[str, Any], str]:
+    """The record with the cost LiteLLM's spend logs know for it, or the record and why not."""
+    from django.conf import settings
+
+    from receipts.litellm_client import LiteLLMClient, LiteLLMError
+
+    if not judged.litellm_call_id:
+        return record, "the record has no litellm_call_id to look its cost up by"
+    if not settings.LITELLM_MASTER_KEY:
+        return record, "litellm_error: LITELLM_MASTER_KEY is not set, so LiteLLM's spend logs cannot be asked"
+    try:
+        # No quick retries here: a failed lookup is an attempt, retried later with backoff.
+        with LiteLLMClient(retries=0) as client:
+            cost = client.cost_of_call(request_id=judged.request_id, litellm_call_id=judged.litellm_call_id)
+    except LiteLLMError as exc:
+        logger.warning("cost lookup for litellm_call_id=%s failed: %s", judged.litellm_call_id, exc)
+        return record, f"litellm_error: {exc}"
+    if cost is None:
+        return record, "LiteLLM's spend logs have no row for this call yet"
+    if cost.spend is None or cost.spend <= 0:
+        # LiteLLM logs 0 when it could not price a call: that is no cost (never charge an unknown as 0).
+        return record, f"LiteLLM's spend log {cost.request_id!r} has no cost for it either (spend={cost.spend})"
+    patched = dict(record)
+    patched["response_cost"] = cost.spend
+    if record.get("response_cost_failure_debug_info") not in (None, {}, ""):
+        patched["billing_original_response_cost_failure_debug_info"] = record["response_cost_failure_debug_info"]
+    patched["response_cost_failure_debug_info"] = None
+    patched["billing_cost_source"] = {"litellm_spend_log_request_id": cost.request_id}
+    return patched, ""
+
+
+@transaction.atomic
+def _settle_deferred(
+    *, deferred_id: int, record: Any, lookup_error: str, learnt: bool
+) -> tuple[CommitOutcome | None, str]:
+    row = DeferredUsage.objects.select_for_update(skip_locked=True).filter(pk=deferred_id, status__in=_OPEN).first()
+    if row is None:
+        return None, "skipped"
+    parsed = parse_usage_record(record)
+    if isinstance(parsed, UsageFact):
+        outcome = commit_usage_fact(fact=parsed)
+        if learnt:
+            # Keep what was learnt (the cost from LiteLLM) with the row: billed, or waiting for an alias.
+            DeferredUsage.objects.filter(pk=row.pk).update(record=parsed.record)
+        if outcome.outcome != "deferred":
+            DeferredUsage.objects.filter(pk=row.pk).update(
+                status=DeferredUsage.Status.BILLED,
+                receipt_id=outcome.receipt_id,
+                attempts=row.attempts + 1,
+                next_attempt_at=None,
+                last_error="",
+                updated_at=timezone.now(),
+            )
+            return outcome, "billed" if outcome.outcome == "processed" else "duplicate"
+        reason, detail = DeferredUsage.Reason.UNKNOWN_END_USER, "no billing account has this end user yet"
+    elif parsed.kind == "deferred":
+        reason, detail = parsed.reason, lookup_error or parsed.detail
+    else:
+        # Invalid, or nothing to bill: retrying cannot help; staff decide.
+        _mark_deferred(row, reason=row.reason, error=f"{parsed.reason}: {parsed.detail}", give_up=True)
+        return None, "expired"
+    expired = _mark_deferred(row, reason=reason, error=f"{reason}: {detail}", give_up=False)
+    if expired:
+        return None, "expired"
+    return None, "litellm_error" if lookup_error.startswith("litellm_error") else "waiting"
+
+
+def _mark_deferred(row: DeferredUsage, *, reason: str, error: str, give_up: bool) -> bool:
+    """Count a failed attempt: reschedule with backoff, or mark failed. True when it just expired."""
+    from django.conf import settings
+
+    attempts = row.attempts + 1
+    expired = give_up or attempts >= settings.BILLING_DEFERRED_MAX_ATTEMPTS
+    now = timezone.now()
+    DeferredUsage.objects.filter(pk=row.pk).update(
+        attempts=attempts,
+        reason=reason if reason in _WAITING_REASONS else row.reason,
+        last_error=error[:2000],
+        status=DeferredUsage.Status.FAILED if expired else DeferredUsage.Status.PENDING,
+        next_attempt_at=None if expired else now + next_attempt_delay(attempts),
+        updated_at=now,
+    )
+    newly_expired = expired and row.status == DeferredUsage.Status.PENDING
+    if newly_expired:
+        logger.error(
+            "deferred usage %s (litellm_call_id=%s) failed after %d attempts: %s",
+            row.pk,
+            row.litellm_call_id,
+            attempts,
+            error,
+        )
+        transaction.on_commit(lambda: metrics.invariant_violation_total.labels(reason="deferred_expired").inc())
+    return newly_expired
+
+
+@transaction.atomic
+def claim_due_deferred_usage(*, limit: int, now: Any = None) -> list[int]:
+    """Claim up to `limit` pending records that are due, for one retry each.
+
+    A claimed record's next attempt moves BILLING_DEFERRED_CLAIM_SECONDS ahead
+    so the next sweep does not hand it out again while its retry runs; the
+    retry then sets the real schedule (or bills it). Concurrent sweeps skip
+    each other's rows (FOR UPDATE SKIP LOCKED).
     """
     from django.conf import settings
 
-    parsed = parse_usage_record(record if record is not None else deferred.record)
-    if isinstance(parsed, UsageFact):
-        outcome = commit_usage_fact(fact=parsed)
-        if outcome.outcome != "deferred":
-            DeferredUsage.objects.filter(pk=deferred.pk).update(
-                status=DeferredUsage.Status.BILLED,
-                receipt_id=outcome.receipt_id,
-                attempts=deferred.attempts + 1,
-                next_attempt_at=None,
-                updated_at=timezone.now(),
-            )
-            return outcome
-        reason, detail = outcome.reason, "end user still unknown"
-    else:
-        reason, detail = parsed.reason, parsed.detail
-    attempts = deferred.attempts + 1
-    expired = attempts >= settings.BILLING_DEFERRED_MAX_ATTEMPTS
-    DeferredUsage.objects.filter(pk=deferred.pk).update(
-        attempts=attempts,
-        last_error=f"{reason}: {detail}"[:2000],
-        status=DeferredUsage.Status.FAILED if expired else DeferredUsage.Status.PENDING,
-        next_attempt_at=None if expired else timezone.now() + next_attempt_delay(attempts),
-        updated_at=timezone.now(),
-    )
-    if expired:
-        metrics.invariant_violation_total.labels(reason="deferred_expired").inc()
-    return None
+    from receipts.selectors import deferred_due
+
+    now = now or timezone.now()
+    ids = list(deferred_due(now=now).select_for_update(skip_locked=True).values_list("id", flat=True)[:limit])
+    if ids:
+        DeferredUsage.objects.filter(pk__in=ids).update(
+            next_attempt_at=now + timedelta(seconds=settings.BILLING_DEFERRED_CLAIM_SECONDS), updated_at=now
+        )
+    return ids
 
 
 def schedule_replay_for_end_user(*, end_user: str) -> None:
-    """An alias was added: records waiting for this end user are due now."""
+    """An alias was added: records waiting for this end user are due now (and replayed after commit)."""
     DeferredUsage.objects.filter(
         end_user=end_user,
         reason=DeferredUsage.Reason.UNKNOWN_END_USER,

@@ -1,33 +1,138 @@
-"""Celery tasks: thin, they take ids and call services."""
+"""Celery tasks: thin, they take ids and call services.
+
+With a broker (CELERY_BROKER_URL) Celery beat runs `sweep_deferred_usage` and
+`reconcile_books` on the schedule in settings.CELERY_BEAT_SCHEDULE and the
+sweep hands each due record to `retry_deferred` on the workers. Without one,
+`manage.py billing_worker` runs the same two functions on the same schedule
+and the sweep retries each record in-process.
+
+The retry schedule of a deferred record lives in its row (attempts,
+next_attempt_at, exponential backoff with jitter), not in the broker, so it
+survives a lost broker and staff see it; `self.retry` covers a task whose
+database briefly went away.
+"""
 
 import logging
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
+from receipts import metrics
 from receipts.models import DeferredUsage
 
 logger = logging.getLogger(__name__)
 
+_DB_RETRY_COUNTDOWN_SECONDS = 10
+
+
+def _use_broker() -> bool:
+    return bool(settings.CELERY_BROKER_URL) and not settings.CELERY_TASK_ALWAYS_EAGER
+
 
 def enqueue_end_user_replay(*, end_user: str) -> None:
     """Replay records waiting for `end_user`: on the worker when a broker is set, else right here."""
-    if settings.CELERY_BROKER_URL and not settings.CELERY_TASK_ALWAYS_EAGER:
+    if _use_broker():
         replay_end_user.delay(end_user)
     else:
-        replay_end_user(end_user)
+        replay_end_user.apply(args=[end_user])
 
 
-@shared_task
-def replay_end_user(end_user: str) -> int:
+@shared_task(bind=True, max_retries=5, acks_late=True)
+def replay_end_user(self: Any, end_user: str) -> int:
+    """An alias for `end_user` was added: bill what waited for it."""
     from receipts.services import retry_deferred_usage
 
     billed = 0
-    for deferred in DeferredUsage.objects.filter(
-        end_user=end_user,
-        reason=DeferredUsage.Reason.UNKNOWN_END_USER,
-        status=DeferredUsage.Status.PENDING,
-    ):
-        if retry_deferred_usage(deferred=deferred) is not None:
-            billed += 1
+    try:
+        for deferred in DeferredUsage.objects.filter(
+            end_user=end_user,
+            reason=DeferredUsage.Reason.UNKNOWN_END_USER,
+            status=DeferredUsage.Status.PENDING,
+        ).order_by("id"):
+            if retry_deferred_usage(deferred=deferred) is not None:
+                billed += 1
+    except (OperationalError, InterfaceError) as exc:
+        raise self.retry(exc=exc, countdown=_DB_RETRY_COUNTDOWN_SECONDS) from exc
+    logger.info("replayed end user %r: %d record(s) billed", end_user, billed)
     return billed
+
+
+@shared_task(bind=True, max_retries=5, acks_late=True)
+def retry_deferred(self: Any, deferred_id: int) -> str:
+    """Retry one deferred record; returns its status afterwards (billed, pending, failed, ...)."""
+    from receipts.services import retry_deferred_usage
+
+    deferred = DeferredUsage.objects.filter(pk=deferred_id).first()
+    if deferred is None:
+        logger.warning("deferred usage %s: no such record", deferred_id)
+        return "missing"
+    try:
+        outcome = retry_deferred_usage(deferred=deferred)
+    except (OperationalError, InterfaceError) as exc:
+        raise self.retry(exc=exc, countdown=_DB_RETRY_COUNTDOWN_SECONDS) from exc
+    status, attempts, error = DeferredUsage.objects.values_list("status", "attempts", "last_error").get(pk=deferred_id)
+    logger.info(
+        "deferred usage %s (litellm_call_id=%s): %s, status %s after %d attempt(s)%s",
+        deferred_id,
+        deferred.litellm_call_id,
+        outcome.outcome if outcome else "not billed",
+        status,
+        attempts,
+        f"; {error}" if error and status != DeferredUsage.Status.BILLED else "",
+    )
+    return status
+
+
+def _dispatch_retry(deferred_id: int) -> None:
+    if _use_broker():
+        retry_deferred.delay(deferred_id)
+        return
+    result = retry_deferred.apply(args=[deferred_id])
+    if result.failed():
+        # BILLING_NEVER_THROWS: the record keeps its claim and comes round again.
+        logger.error("retry of deferred usage %s failed: %r", deferred_id, result.result)
+
+
+def _publish_deferred_gauges() -> None:
+    from receipts.selectors import deferred_open_counts
+
+    counts = deferred_open_counts()
+    for reason in DeferredUsage.Reason.values:
+        metrics.deferred_pending.labels(reason=reason).set(counts.get((DeferredUsage.Status.PENDING, reason), 0))
+        metrics.deferred_failed.labels(reason=reason).set(counts.get((DeferredUsage.Status.FAILED, reason), 0))
+
+
+@shared_task(bind=True, max_retries=3)
+def sweep_deferred_usage(self: Any) -> int:
+    """Hand every due deferred record to a retry (the beat schedule runs this)."""
+    from receipts.services import claim_due_deferred_usage
+
+    try:
+        ids = claim_due_deferred_usage(limit=settings.BILLING_DEFERRED_SWEEP_BATCH)
+        for deferred_id in ids:
+            _dispatch_retry(deferred_id)
+        _publish_deferred_gauges()
+    except (OperationalError, InterfaceError) as exc:
+        raise self.retry(exc=exc, countdown=_DB_RETRY_COUNTDOWN_SECONDS) from exc
+    if ids:
+        logger.info("deferred usage sweep: %d record(s) due", len(ids))
+    return len(ids)
+
+
+@shared_task(bind=True, max_retries=2)
+def reconcile_books(self: Any) -> dict[str, Any]:
+    """The scheduled reconcile: in-book checks always, LiteLLM's spend logs when a master key is set."""
+    from receipts.reconcile import run_scheduled_reconcile
+
+    try:
+        report = run_scheduled_reconcile()
+    except (OperationalError, InterfaceError) as exc:
+        raise self.retry(exc=exc, countdown=60) from exc
+    summary = report.summary()
+    if report.exit_code:
+        logger.warning("scheduled reconcile: %s", summary)
+    else:
+        logger.info("scheduled reconcile: %s", summary)
+    return summary

@@ -6,12 +6,14 @@ endpoint, the deferred retry and the reconciler's backfill all call them.
 """
 
 import logging
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
@@ -249,10 +251,6 @@ def _close_open_deferrals(references: list[str]) -> None:
 
 def next_attempt_delay(attempts: int) -> timedelta:
     """Exponential backoff with full jitter, capped (BILLING_DEFERRED_* settings)."""
-    import random
-
-    from django.conf import settings
-
     base = settings.BILLING_DEFERRED_BASE_DELAY_SECONDS
     cap = settings.BILLING_DEFERRED_MAX_DELAY_SECONDS
     ceiling = min(cap, base * (2 ** max(0, attempts)))
@@ -446,7 +444,6 @@ def retry_deferred_usage(*, deferred: DeferredUsage, record: dict[str, Any] | No
 
 def _record_with_litellm_cost(record: dict[str, Any], judged: NotBillable) -> tuple[dict[str, Any], str]:
     """The record with the cost LiteLLM's spend logs know for it, or the record and why not."""
-    from django.conf import settings
 
     from receipts.litellm_client import LiteLLMClient, LiteLLMError
 
@@ -513,7 +510,6 @@ def _settle_deferred(
 
 def _mark_deferred(row: DeferredUsage, *, reason: str, error: str, give_up: bool) -> bool:
     """Count a failed attempt: reschedule with backoff, or mark failed. True when it just expired."""
-    from django.conf import settings
 
     attempts = row.attempts + 1
     expired = give_up or attempts >= settings.BILLING_DEFERRED_MAX_ATTEMPTS
@@ -548,8 +544,6 @@ def claim_due_deferred_usage(*, limit: int, now: Any = None) -> list[int]:
     retry then sets the real schedule (or bills it). Concurrent sweeps skip
     each other's rows (FOR UPDATE SKIP LOCKED).
     """
-    from django.conf import settings
-
     from receipts.selectors import deferred_due
 
     now = now or timezone.now()

@@ -46,6 +46,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fresh_database  # noqa: E402
+from billing_project.db import conninfo_from_settings  # noqa: E402
+
 SAMPLE = ROOT / "tests" / "fixtures" / "litellm-1.108-json-array-batch.json"
 END_USER = "bench-end-user"
 MARK = "@@BENCH-CALL-ID@@"
@@ -362,50 +365,6 @@ def raw_sender(conninfo: str, account_id: int, templates: list[Template]) -> Cal
 # --- orchestration -----------------------------------------------------------------------------------
 
 
-def fresh_database() -> tuple[str, Callable[[], None]]:
-    """(DATABASE_URL of a new, empty database, cleanup)."""
-    import psycopg
-
-    name = f"bench_ingest_{secrets.token_hex(4)}"
-    url = os.environ.get("DATABASE_URL", "")
-    if not url:
-        from billing_project.embedded_pg import start_embedded_postgres
-
-        server, new_url = start_embedded_postgres(database=name)
-        print(f"bench: embedded PostgreSQL in a temp dir ({new_url})", flush=True)
-
-        def stop() -> None:
-            server.cleanup()  # type: ignore[attr-defined]
-
-        return new_url, stop
-
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    new_url = urlunsplit(parts._replace(path=f"/{name}"))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    print(f"bench: database {name} created on DATABASE_URL's server", flush=True)
-
-    def drop() -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return new_url, drop
-
-
-def conninfo_of(settings_dict: dict[str, Any]) -> str:
-    import psycopg
-
-    return psycopg.conninfo.make_conninfo(
-        dbname=settings_dict["NAME"],
-        user=settings_dict["USER"] or None,
-        password=settings_dict["PASSWORD"] or None,
-        host=settings_dict["HOST"] or None,
-        port=str(settings_dict["PORT"]) if settings_dict["PORT"] else None,
-    )
-
-
 def print_table(service: dict[int, Phase], raw: dict[int, Phase], extra: list[Phase]) -> None:
     def ms(value: float) -> str:
         return f"{value:.0f}" if not math.isnan(value) else "-"
@@ -532,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     token = secrets.token_urlsafe(48)
-    database_url, cleanup_db = fresh_database()
+    database_url, cleanup_db = fresh_database("bench_ingest")
     os.environ.update(
         {
             "DATABASE_URL": database_url,
@@ -564,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         account = BillingAccount.objects.create(name="bench")
         EndUserAlias.objects.create(account=account, end_user=END_USER)
         templates = load_templates()
-        conninfo = conninfo_of(connection.settings_dict)
+        conninfo = conninfo_from_settings(connection.settings_dict)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(RAW_TABLES)
             (raw_account,) = conn.execute(

@@ -42,6 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import fresh_database  # noqa: E402
+
 TARGET_P50_MS = 50.0
 # (model group, model, provider, prompt tokens, completion tokens): picked by entry number % 10.
 GROUPS = [
@@ -59,38 +61,6 @@ GROUPS = [
 
 
 # --- database ---------------------------------------------------------------------------------------
-
-
-def fresh_database() -> tuple[str, Callable[[], None]]:
-    """(DATABASE_URL of a new, empty database, cleanup)."""
-    import psycopg
-
-    name = f"bench_invoice_{secrets.token_hex(4)}"
-    url = os.environ.get("DATABASE_URL", "")
-    if not url:
-        from billing_project.embedded_pg import start_embedded_postgres
-
-        server, new_url = start_embedded_postgres(database=name)
-        print(f"bench: embedded PostgreSQL in a temp dir ({new_url})", flush=True)
-
-        def stop() -> None:
-            server.cleanup()  # type: ignore[attr-defined]
-
-        return new_url, stop
-
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    new_url = urlunsplit(parts._replace(path=f"/{name}"))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    print(f"bench: database {name} created on DATABASE_URL's server", flush=True)
-
-    def drop() -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return new_url, drop
 
 
 # --- data -----------------------------------------------------------------------------------------------
@@ -264,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=int, default=500, help="rows per build transaction (500, like a LiteLLM batch)")
     args = parser.parse_args(argv)
 
-    database_url, cleanup_db = fresh_database()
+    database_url, cleanup_db = fresh_database("bench_invoice")
     os.environ.update(
         {
             "DATABASE_URL": database_url,

@@ -45,7 +45,6 @@ import threading
 import time
 import uuid
 from array import array
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -53,6 +52,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import fresh_database  # noqa: E402
+from billing_project.db import conninfo_from_settings  # noqa: E402
 
 ACCOUNTS = 100
 PLANT = {"missing_receipt": 100, "cost_mismatch": 100, "unknown_to_litellm": 100, "orphan_usage": 10}
@@ -365,45 +367,6 @@ def plant_book_drifts(conn: Any, *, accounts: list[int], day: date) -> None:
 # --- running ------------------------------------------------------------------------------------------
 
 
-def fresh_database() -> tuple[str, Callable[[], None]]:
-    """(DATABASE_URL of a new, empty database, cleanup)."""
-    import psycopg
-
-    name = f"bench_reconcile_{secrets.token_hex(4)}"
-    url = os.environ.get("DATABASE_URL", "")
-    if not url:
-        from billing_project.embedded_pg import start_embedded_postgres
-
-        server, new_url = start_embedded_postgres(database=name)
-        print(f"bench: embedded PostgreSQL in a temp dir ({new_url})", flush=True)
-        return new_url, lambda: server.cleanup()  # type: ignore[attr-defined]
-
-    from urllib.parse import urlsplit, urlunsplit
-
-    new_url = urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    print(f"bench: database {name} created on DATABASE_URL's server", flush=True)
-
-    def drop() -> None:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return new_url, drop
-
-
-def conninfo_of(settings_dict: dict[str, Any]) -> str:
-    import psycopg
-
-    return psycopg.conninfo.make_conninfo(
-        dbname=settings_dict["NAME"],
-        user=settings_dict["USER"] or None,
-        password=settings_dict["PASSWORD"] or None,
-        host=settings_dict["HOST"] or None,
-        port=str(settings_dict["PORT"]) if settings_dict["PORT"] else None,
-    )
-
-
 def run_reconcile(env: dict[str, str], since: datetime, until: datetime, workdir: Path) -> dict[str, Any]:
     """`manage.py reconcile --json` as a subprocess: its report, wall time and peak RSS (wait4)."""
     argv = [sys.executable, "manage.py", "reconcile", "--since", since.isoformat(), "--until", until.isoformat()]
@@ -438,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # SIGTERM cleans up like Ctrl-C does (the embedded server and the stand-in are stopped).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    database_url, cleanup_db = fresh_database()
+    database_url, cleanup_db = fresh_database("bench_reconcile")
     os.environ.update(
         {
             "DATABASE_URL": database_url,
@@ -463,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         started = time.perf_counter()
         call_command("migrate", verbosity=0, interactive=False)
-        conninfo = conninfo_of(connection.settings_dict)
+        conninfo = conninfo_from_settings(connection.settings_dict)
         connection.close()
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute("SET TIME ZONE 'UTC'")

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import psycopg
 from django.db import connections
 
+from billing_project.db import conninfo_from_settings
 from receipts.services import RECEIPT_CHANNEL
 
 logger = logging.getLogger(__name__)
@@ -27,16 +28,6 @@ class ReceiptWaiter:
         self._stop = threading.Event()
         self.listening = threading.Event()
 
-    def _conninfo(self) -> str:
-        s = connections["default"].settings_dict
-        return psycopg.conninfo.make_conninfo(
-            dbname=s["NAME"],
-            user=s["USER"] or None,
-            password=s["PASSWORD"] or None,
-            host=s["HOST"] or None,
-            port=str(s["PORT"]) if s["PORT"] else None,
-        )
-
     def _ensure_listener(self) -> None:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
@@ -46,7 +37,9 @@ class ReceiptWaiter:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._conninfo(), autocommit=True) as conn:
+                with psycopg.connect(
+                    conninfo_from_settings(connections["default"].settings_dict), autocommit=True
+                ) as conn:
                     conn.execute(f"LISTEN {RECEIPT_CHANNEL}")
                     self.listening.set()
                     while not self._stop.is_set():

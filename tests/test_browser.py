@@ -135,12 +135,12 @@ def test_invoice_and_admin_in_a_real_browser(live_server: Any, books: dict[str, 
             assert shown("closing_credits") == (str(invoice.closing_credits), format_credits(invoice.closing_credits))
             assert shown("used_usd")[1] == format_usd(invoice.used_usd) == "$0.042494"
             assert shown("closing_usd")[1] == format_usd(invoice.closing_usd)
-            assert page.locator("[data-field=total_used_credits]").inner_text() == format_credits(invoice.used_credits)
+            expect(page.locator("[data-field=total_used_credits]")).to_have_text(format_credits(invoice.used_credits))
             rows = page.locator("tr[data-line=model_group]")
-            assert rows.count() == 3
+            expect(rows).to_have_count(3)
             assert sum(int(rows.nth(i).get_attribute("data-credits") or 0) for i in range(3)) == invoice.used_credits
             bars = page.locator("svg[data-chart=daily-usage] rect.bar")
-            assert bars.count() == len(invoice.by_day)
+            expect(bars).to_have_count(len(invoice.by_day))
             today = datetime.now(UTC).date().isoformat()
             assert page.locator(f"rect.bar[data-day='{today}']").get_attribute("data-credits") == str(
                 invoice.used_credits
@@ -175,7 +175,8 @@ def test_invoice_and_admin_in_a_real_browser(live_server: Any, books: dict[str, 
             admin.click("input[type=submit]")
             expect(admin).to_have_url(f"{live_server.url}/admin/receipts/chargereceipt/")
             result_rows = admin.locator("#result_list tbody tr")
-            assert result_rows.count() == len(receipts)
+            # Playwright's expect waits for the page to settle; a bare count() raced the admin's render.
+            expect(result_rows).to_have_count(len(receipts))
             charged = [int(cell.inner_text()) for cell in admin.locator("#result_list td.field-charged_credits").all()]
             assert sum(charged) == invoice.used_credits
             expect(admin.locator("#changelist-filter")).to_contain_text("claude-3-5-sonnet")

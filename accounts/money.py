@@ -4,6 +4,7 @@ Costs are Decimal parsed from JSON text; credits are integers. Rounding is
 always up, so a charge is never below cost.
 """
 
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Context, Decimal
 
 from django.conf import settings
@@ -31,6 +32,10 @@ def fits_cost_column(cost_usd: Decimal) -> bool:
     return exponent >= -COST_DECIMAL_PLACES and integer_digits <= COST_MAX_DIGITS - COST_DECIMAL_PLACES
 
 
+# Credits are bigint in the database; anything that would not fit is refused before it gets there.
+MAX_CREDITS = 2**63 - 1
+
+
 def credits_per_usd() -> Decimal:
     return Decimal(settings.CREDITS_PER_USD)
 
@@ -39,14 +44,34 @@ def billing_markup() -> Decimal:
     return Decimal(settings.BILLING_MARKUP)
 
 
-def usd_to_credits(cost_usd: Decimal) -> int:
-    """ceil(cost_usd × CREDITS_PER_USD × BILLING_MARKUP); 0 stays 0, never rounds down."""
+@dataclass(frozen=True)
+class ChargeRate:
+    """The rate a charge is made at; stored on each receipt so a later rate change never rewrites history."""
+
+    credits_per_usd: Decimal
+    markup: Decimal
+
+    def credits_for(self, cost_usd: Decimal) -> int:
+        return charged_credits(cost_usd, credits_per_usd=self.credits_per_usd, markup=self.markup)
+
+
+def current_charge_rate() -> ChargeRate:
+    return ChargeRate(credits_per_usd=credits_per_usd(), markup=billing_markup())
+
+
+def charged_credits(cost_usd: Decimal, *, credits_per_usd: Decimal, markup: Decimal) -> int:
+    """ceil(cost_usd × credits_per_usd × markup): the one rounding of money; 0 stays 0, never rounds down."""
     if not isinstance(cost_usd, Decimal):
         raise TypeError(f"cost_usd must be Decimal, got {type(cost_usd).__name__}")
     if not cost_usd.is_finite() or cost_usd < 0:
         raise ValueError(f"cost_usd must be a finite, non-negative amount, got {cost_usd}")
-    exact = _CONTEXT.multiply(_CONTEXT.multiply(cost_usd, credits_per_usd()), billing_markup())
+    exact = _CONTEXT.multiply(_CONTEXT.multiply(cost_usd, credits_per_usd), markup)
     return int(exact.to_integral_value(rounding=ROUND_CEILING))
+
+
+def usd_to_credits(cost_usd: Decimal) -> int:
+    """charged_credits() at today's rate (CREDITS_PER_USD × BILLING_MARKUP)."""
+    return current_charge_rate().credits_for(cost_usd)
 
 
 def credits_to_usd(amount_credits: int) -> Decimal:

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from accounts.exceptions import IdempotencyConflict, InvalidLedgerOperation
 from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
+from accounts.signals import payer_binding_created
 
 Reason = CreditLedgerEntry.Reason
 GRANT_REASONS = frozenset({Reason.TOP_UP, Reason.GRANT, Reason.REFUND, Reason.ADJUSTMENT})
@@ -102,10 +103,9 @@ def billing_account_create(*, name: str, owner: AbstractBaseUser | None = None) 
 
 @transaction.atomic
 def end_user_alias_create(*, account: BillingAccount, end_user: str) -> EndUserAlias:
-    """Map a LiteLLM end user to an account, then replay what waited for it."""
+    """Map a LiteLLM end user to an account; records waiting for it are replayed (receipts listens)."""
     alias = EndUserAlias.objects.create(account=account, end_user=end_user)
-    # Imported here: receipts depends on accounts, not the other way round.
-    from receipts.services import schedule_replay_for_end_user
-
-    schedule_replay_for_end_user(end_user=end_user)
+    transaction.on_commit(
+        lambda: payer_binding_created.send(sender=EndUserAlias, kind="end_user", value=end_user, account_id=account.pk)
+    )
     return alias

@@ -27,13 +27,13 @@ from accounts.models import BillingAccount, EndUserAlias
 from accounts.services import end_user_alias_create
 from billing_project.admin_mixins import ReadOnlyMixin
 from billing_project.admin_tools import EstimatedCountPaginator, ExactSearchMixin, IndexedValuesFilter
-from receipts.exactjson import dumps_exact
 from receipts.models import ChargeReceipt, DeferredUsage, IngestBatch
-from receipts.services import retry_deferred_usage
+from receipts.selectors import delivered_record_for_staff
+from receipts.services import reprocess_delivery, retry_deferred_usage
 
 logger = logging.getLogger(__name__)
 
-OPEN_STATUSES = (DeferredUsage.Status.PENDING, DeferredUsage.Status.FAILED)
+OPEN_STATUSES = DeferredUsage.OPEN_STATUSES
 # One admin action retries at most this many records; the sweep handles the rest.
 MAX_RETRIES_PER_ACTION = 500
 
@@ -83,8 +83,7 @@ class ChargeReceiptAdmin(ExactSearchMixin, ReadOnlyMixin, admin.ModelAdmin):
     show_facets = admin.ShowFacets.NEVER
     paginator = EstimatedCountPaginator
     change_list_template = "admin/fast_change_list.html"
-    exclude = ["raw_record"]
-    readonly_fields = ["ledger_entry_link", "raw_record_json"]
+    readonly_fields = ["ledger_entry_link", "delivered_record"]
 
     @admin.display(description="account", ordering="account_id")
     def account_column(self, receipt: ChargeReceipt) -> str:
@@ -108,9 +107,25 @@ class ChargeReceiptAdmin(ExactSearchMixin, ReadOnlyMixin, admin.ModelAdmin):
             entry.balance_after,
         )
 
-    @admin.display(description="record (as received, without messages/response)")
-    def raw_record_json(self, receipt: ChargeReceipt) -> str:
-        return format_html('<pre style="white-space: pre-wrap">{}</pre>', dumps_exact(receipt.raw_record))
+    @admin.display(description="record (as delivered, without messages/response)")
+    def delivered_record(self, receipt: ChargeReceipt) -> str:
+        return _delivered_record_html(receipt.ingest_batch_id, receipt.batch_position, receipt.spend_log_request_id)
+
+
+def _delivered_record_html(batch_id: int | None, position: int | None, spend_log_request_id: str = "") -> str:
+    """The exact record a receipt or deferral came from: decompressed from its delivery on demand."""
+    if batch_id is None:
+        if spend_log_request_id:
+            return f"backfilled from LiteLLM's spend log {spend_log_request_id!r}"
+        return "-"
+    text = delivered_record_for_staff(ingest_batch_id=batch_id, position=position)
+    return format_html(
+        '<a href="{}">delivery #{}</a>, record {}<pre style="white-space: pre-wrap">{}</pre>',
+        reverse("admin:receipts_ingestbatch_change", args=[batch_id]),
+        batch_id,
+        position,
+        text or "(not available)",
+    )
 
 
 class AttachEndUserForm(forms.Form):
@@ -139,7 +154,7 @@ class DeferredUsageAdmin(ExactSearchMixin, admin.ModelAdmin):
     search_fields = ["litellm_call_id", "end_user", "request_id"]
     exact_search_fields = ("litellm_call_id", "end_user", "request_id")
     search_help_text = "Exact LiteLLM call id, end user or request id."
-    readonly_fields = [f.name for f in DeferredUsage._meta.fields]
+    readonly_fields = [*(f.name for f in DeferredUsage._meta.fields), "delivered_record"]
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = EstimatedCountPaginator
@@ -154,6 +169,10 @@ class DeferredUsageAdmin(ExactSearchMixin, admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # Actions need the change permission; a record itself is never edited by hand.
         return obj is None and super().has_change_permission(request, obj)
+
+    @admin.display(description="record (as delivered, without messages/response)")
+    def delivered_record(self, deferred: DeferredUsage) -> str:
+        return _delivered_record_html(deferred.ingest_batch_id, deferred.batch_position)
 
     @admin.display(description="last error")
     def last_error_short(self, deferred: DeferredUsage) -> str:
@@ -283,6 +302,7 @@ class IngestBatchAdmin(ReadOnlyMixin, admin.ModelAdmin):
     list_display = [
         "id",
         "received_at",
+        "status",
         "record_count",
         "processed",
         "duplicates",
@@ -293,3 +313,27 @@ class IngestBatchAdmin(ReadOnlyMixin, admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     paginator = EstimatedCountPaginator
+    list_filter = ["status"]
+    exclude = ["body"]
+    readonly_fields = ["stored_body_bytes"]
+    actions = ["reprocess"]
+
+    @admin.display(description="stored body (zstd)")
+    def stored_body_bytes(self, batch: IngestBatch) -> str:
+        return f"{len(batch.body or b'')} bytes compressed, {batch.body_bytes} received"
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # The reprocess action needs it; a delivery itself is never edited.
+        return obj is None and request.user.has_perm("receipts.change_ingestbatch")
+
+    @admin.action(description="Reprocess (bills what is not billed yet; idempotent)", permissions=["change"])
+    def reprocess(self, request: HttpRequest, queryset: QuerySet[IngestBatch]) -> None:
+        done = failed = 0
+        for batch in queryset.order_by("id")[:MAX_RETRIES_PER_ACTION]:
+            try:
+                reprocess_delivery(batch=batch)
+                done += 1
+            except Exception:
+                logger.exception("admin reprocess of delivery %s failed", batch.pk)
+                failed += 1
+        self.message_user(request, f"Reprocessed {done} deliveries; {failed} failed (see their error).", messages.INFO)

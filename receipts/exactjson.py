@@ -35,10 +35,13 @@ def _mark_decimal(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def dumps_exact(value: Any) -> str:
-    """json.dumps that writes each Decimal as the JSON number it was parsed from (NUL becomes U+FFFD)."""
+def dumps_exact(value: Any, *, for_jsonb: bool = True) -> str:
+    """json.dumps that writes each Decimal as the JSON number it was parsed from.
+
+    For jsonb (the default) a NUL in a string becomes U+FFFD, which jsonb can store.
+    """
     text = _MARKED.sub(r"\1", json.dumps(value, ensure_ascii=False, default=_mark_decimal))
-    return _NUL.sub(r"\1\\ufffd", text) if "\\u0000" in text else text
+    return _NUL.sub(r"\1\\ufffd", text) if for_jsonb and "\\u0000" in text else text
 
 
 class ExactJSONEncoder(json.JSONEncoder):

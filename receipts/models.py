@@ -3,7 +3,11 @@ from django.db.models import Q
 from django.db.models.functions import Coalesce
 
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
-from receipts.exactjson import ExactJSONDecoder, ExactJSONEncoder
+
+CALL_ID_MAX_LENGTH = 255
+RUN_ID_MAX_LENGTH = 255
+# "{run_id}/{attempt}/{litellm_call_id}" with an attempt of at most 10 digits: always fits, never cut.
+SOURCE_REFERENCE_MAX_LENGTH = RUN_ID_MAX_LENGTH + 1 + 10 + 1 + CALL_ID_MAX_LENGTH
 
 
 class ChargeReceipt(models.Model):
@@ -19,10 +23,10 @@ class ChargeReceipt(models.Model):
     )
     source_system = models.CharField(max_length=32, default="litellm")
     # "{run_id}/{attempt}/{litellm_call_id}": the idempotency key of a charge.
-    source_reference = models.CharField(max_length=512)
-    litellm_call_id = models.CharField(max_length=255)
+    source_reference = models.CharField(max_length=SOURCE_REFERENCE_MAX_LENGTH)
+    litellm_call_id = models.CharField(max_length=CALL_ID_MAX_LENGTH)
     request_id = models.CharField(max_length=255, blank=True, default="")
-    run_id = models.CharField(max_length=255)
+    run_id = models.CharField(max_length=RUN_ID_MAX_LENGTH)
     attempt = models.IntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.SUCCESS)
     model_group = models.CharField(max_length=255, blank=True, default="")
@@ -37,6 +41,9 @@ class ChargeReceipt(models.Model):
     # USD exactly as LiteLLM sent it (parsed from the JSON text, never a float).
     cost_usd = models.DecimalField(max_digits=COST_MAX_DIGITS, decimal_places=COST_DECIMAL_PLACES)
     charged_credits = models.BigIntegerField()
+    # The rate this charge was made at: charged_credits = ceil(cost_usd × credits_per_usd × markup) (a CHECK).
+    credits_per_usd = models.DecimalField(max_digits=30, decimal_places=10)
+    markup = models.DecimalField(max_digits=20, decimal_places=10)
     zero_cost_suspect = models.BooleanField(default=False)
     end_user = models.CharField(max_length=255)
     api_key_hash = models.CharField(max_length=255, blank=True, default="")
@@ -45,8 +52,14 @@ class ChargeReceipt(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
-    # The record as received, without `messages`/`response` (privacy, size).
-    raw_record = models.JSONField(encoder=ExactJSONEncoder, decoder=ExactJSONDecoder)
+    # LiteLLM's cost_breakdown for audit (bounded numbers as exact strings); the rest of the record stays in
+    # its delivery: a receipt links to the delivery and position it came from, or to the spend-log row.
+    cost_breakdown = models.JSONField(null=True, blank=True)
+    ingest_batch = models.ForeignKey(
+        "receipts.IngestBatch", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    batch_position = models.IntegerField(null=True, blank=True)
+    spend_log_request_id = models.CharField(max_length=255, blank=True, default="")
 
     class Meta:
         ordering = ["-id"]
@@ -78,12 +91,19 @@ class ChargeReceipt(models.Model):
         return f"{self.litellm_call_id} {self.charged_credits} credits"
 
 
+class DeferredUsageQuerySet(models.QuerySet):
+    def open(self) -> "DeferredUsageQuerySet":
+        """Waiting for a retry (pending) or for staff (failed): not billed, not discarded."""
+        return self.filter(status__in=DeferredUsage.OPEN_STATUSES)
+
+
 class DeferredUsage(models.Model):
     """A usage record that could not be billed yet. Kept until billed, resolved or given up."""
 
     class Reason(models.TextChoices):
         UNKNOWN_COST = "unknown_cost", "Unknown cost"
         UNKNOWN_END_USER = "unknown_end_user", "Unknown end user"
+        UNKNOWN_PAYER = "unknown_payer", "Unknown payer"
         INVALID = "invalid", "Invalid record"
         ERROR = "error", "Error while billing"
 
@@ -93,10 +113,14 @@ class DeferredUsage(models.Model):
         FAILED = "failed", "Failed (needs staff)"
         DISCARDED = "discarded", "Discarded by staff"
 
+    OPEN_STATUSES = (Status.PENDING, Status.FAILED)
+    # Reasons a retry can cure by itself (a cost learnt, a payer bound); the others need staff.
+    WAITING_REASONS = frozenset({Reason.UNKNOWN_COST, Reason.UNKNOWN_END_USER, Reason.UNKNOWN_PAYER, Reason.ERROR})
+
     source_system = models.CharField(max_length=32, default="litellm")
     # Null when the record was too broken to name (no call id).
-    source_reference = models.CharField(max_length=512, null=True, blank=True)
-    litellm_call_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    source_reference = models.CharField(max_length=SOURCE_REFERENCE_MAX_LENGTH, null=True, blank=True)
+    litellm_call_id = models.CharField(max_length=CALL_ID_MAX_LENGTH, blank=True, default="", db_index=True)
     request_id = models.CharField(max_length=255, blank=True, default="")
     end_user = models.CharField(max_length=255, blank=True, default="", db_index=True)
     reason = models.CharField(max_length=32, choices=Reason.choices)
@@ -108,10 +132,21 @@ class DeferredUsage(models.Model):
     receipt = models.OneToOneField(
         ChargeReceipt, null=True, blank=True, on_delete=models.PROTECT, related_name="deferred_from"
     )
-    # The record as received, without `messages`/`response`; JSON numbers stay exact.
-    record = models.JSONField(encoder=ExactJSONEncoder, decoder=ExactJSONDecoder)
+    # The judged fact (receipts.usage.fact_to_json) when the record could be read: every value already
+    # checked, so it always stores. Null for an invalid record, whose exact bytes stay in its delivery.
+    fact = models.JSONField(null=True, blank=True)
+    # A cost learnt later (LiteLLM's spend logs) for an unknown_cost record.
+    learnt_cost_usd = models.DecimalField(
+        max_digits=COST_MAX_DIGITS, decimal_places=COST_DECIMAL_PLACES, null=True, blank=True
+    )
+    ingest_batch = models.ForeignKey(
+        "receipts.IngestBatch", null=True, blank=True, on_delete=models.PROTECT, related_name="deferrals"
+    )
+    batch_position = models.IntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DeferredUsageQuerySet.as_manager()
 
     class Meta:
         verbose_name_plural = "deferred usage"
@@ -135,8 +170,20 @@ class DeferredUsage(models.Model):
 
 
 class IngestBatch(models.Model):
-    """Every ingest POST, stored before it is processed, so any delivery can be inspected."""
+    """Every ingest POST, stored with its body before it is processed, so any delivery can be inspected
+    and any record re-read exactly as it arrived (dj-stripe style)."""
 
+    class Status(models.TextChoices):
+        RECEIVED = "received", "Received (not processed yet, or processing failed hard)"
+        PROCESSED = "processed", "Processed"
+        REJECTED = "rejected", "Rejected (body unusable)"
+        FAILED = "failed", "Failed (see error and traceback)"
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
+    # The body exactly as received, zstd-compressed (receipts.services.ingest).
+    body = models.BinaryField(null=True, blank=True, editable=False)
+    headers = models.JSONField(default=dict, blank=True)
+    traceback = models.TextField(blank=True, default="")
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     remote_addr = models.CharField(max_length=64, blank=True, default="")
     content_type = models.CharField(max_length=255, blank=True, default="")

@@ -21,6 +21,8 @@ from django.db import InterfaceError, OperationalError
 
 from receipts import metrics
 from receipts.models import DeferredUsage
+from receipts.selectors import deferred_open_counts
+from receipts.services import claim_due_deferred_usage, make_end_user_deferrals_due, retry_deferred_usage
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +33,8 @@ def _use_broker() -> bool:
     return bool(settings.CELERY_BROKER_URL) and not settings.CELERY_TASK_ALWAYS_EAGER
 
 
-def enqueue_end_user_replay(*, end_user: str) -> None:
-    """Replay records waiting for `end_user`: on the worker when a broker is set, else right here."""
+def replay_end_user_deferrals(*, end_user: str) -> None:
+    """An alias was added: replay what waited for it, on the worker when a broker is set, else right here."""
     if _use_broker():
         replay_end_user.delay(end_user)
     else:
@@ -42,16 +44,10 @@ def enqueue_end_user_replay(*, end_user: str) -> None:
 @shared_task(bind=True, max_retries=5, acks_late=True)
 def replay_end_user(self: Any, end_user: str) -> int:
     """An alias for `end_user` was added: bill what waited for it."""
-    from receipts.services import retry_deferred_usage
-
     billed = 0
     try:
-        for deferred in DeferredUsage.objects.filter(
-            end_user=end_user,
-            reason=DeferredUsage.Reason.UNKNOWN_END_USER,
-            status=DeferredUsage.Status.PENDING,
-        ).order_by("id"):
-            if retry_deferred_usage(deferred=deferred) is not None:
+        for deferred_id in make_end_user_deferrals_due(end_user=end_user):
+            if retry_deferred_usage(deferred=DeferredUsage(pk=deferred_id)) is not None:
                 billed += 1
     except (OperationalError, InterfaceError) as exc:
         raise self.retry(exc=exc, countdown=_DB_RETRY_COUNTDOWN_SECONDS) from exc
@@ -62,8 +58,6 @@ def replay_end_user(self: Any, end_user: str) -> int:
 @shared_task(bind=True, max_retries=5, acks_late=True)
 def retry_deferred(self: Any, deferred_id: int) -> str:
     """Retry one deferred record; returns its status afterwards (billed, pending, failed, ...)."""
-    from receipts.services import retry_deferred_usage
-
     deferred = DeferredUsage.objects.filter(pk=deferred_id).first()
     if deferred is None:
         logger.warning("deferred usage %s: no such record", deferred_id)
@@ -96,8 +90,6 @@ def _dispatch_retry(deferred_id: int) -> None:
 
 
 def _publish_deferred_gauges() -> None:
-    from receipts.selectors import deferred_open_counts
-
     counts = deferred_open_counts()
     for reason in DeferredUsage.Reason.values:
         metrics.deferred_pending.labels(reason=reason).set(counts.get((DeferredUsage.Status.PENDING, reason), 0))
@@ -107,8 +99,6 @@ def _publish_deferred_gauges() -> None:
 @shared_task(bind=True, max_retries=3)
 def sweep_deferred_usage(self: Any) -> int:
     """Hand every due deferred record to a retry (the beat schedule runs this)."""
-    from receipts.services import claim_due_deferred_usage
-
     try:
         ids = claim_due_deferred_usage(limit=settings.BILLING_DEFERRED_SWEEP_BATCH)
         for deferred_id in ids:

@@ -1,34 +1,131 @@
-"""Turn one LiteLLM StandardLoggingPayload into a UsageFact, or say why not.
+"""Judge one LiteLLM StandardLoggingPayload: a UsageFact to bill, or why not.
 
-SPEC section 3 is the contract. Each record is judged alone: a bad record
-never affects its neighbours. Unknown fields are ignored (LiteLLM adds
-fields between versions); `messages` and `response` are never kept.
+SPEC section 3 is the contract. A record arrives as its own raw JSON
+(receipts.delivery) and is decoded by a typed msgspec decoder that builds only
+the fields billing reads (`messages`, `response`, `model_map_information`'s
+price table and every unknown field are skipped, not built) and reads money
+as Decimal straight from the JSON digits. Everything is judged here, before
+the database sees it: every string against its column's real length and for
+NUL, every number bounded, credits computed and range-checked. A record that
+fails is `invalid`, named by field, never truncated, never a 500.
 """
 
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from accounts.money import fits_cost_column
+import msgspec
+from msgspec import Raw, Struct
+
+from accounts.money import MAX_CREDITS, current_charge_rate, fits_cost_column
+from receipts.exactjson import dumps_exact
+from receipts.models import ChargeReceipt
 
 SOURCE_SYSTEM = "litellm"
-# Dropped before anything is stored: prompt and completion text (privacy, size).
-_DROPPED_FIELDS = ("messages", "response")
-_MAX_ID_LENGTH = 255
+# No call has this many tokens; bounding them keeps every sum inside bigint.
+MAX_TOKENS = 10**12
+_MAX_ATTEMPT = 2**31 - 1
+_MAX_DETAIL = 300
+# A JSON number whose text is short enough to convert in constant time (no 1e2000000 surprises).
+_JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]{0,39})(?:\.[0-9]{1,60})?(?:[eE][+-]?[0-9]{1,4})?")
+_EMPTY_JSON = re.compile(rb'\s*(?:|null|\{\s*\}|"")\s*')
+_FIELD_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _max_length(name: str) -> int:
+    return ChargeReceipt._meta.get_field(name).max_length  # type: ignore[return-value]
+
+
+# Column sizes come from the model: a value that does not fit is refused, never cut.
+_LIMITS = {
+    "litellm_call_id": _max_length("litellm_call_id"),
+    "id": _max_length("request_id"),
+    "run_id": _max_length("run_id"),
+    "end_user": _max_length("end_user"),
+    "model_group": _max_length("model_group"),
+    "model": _max_length("model"),
+    "custom_llm_provider": _max_length("provider"),
+    "call_type": _max_length("call_type"),
+    "metadata.user_api_key_hash": _max_length("api_key_hash"),
+    "metadata.user_api_key_alias": _max_length("api_key_alias"),
+    "metadata.user_api_key_team_id": _max_length("team_id"),
+}
+
+
+class _Prices(Struct):
+    input_cost_per_token: Raw = Raw()
+    output_cost_per_token: Raw = Raw()
+
+
+class _ModelMap(Struct):
+    model_map_value: _Prices | None = None
+
+
+class _Metadata(Struct):
+    user_api_key_hash: str | None = None
+    user_api_key_alias: str | None = None
+    user_api_key_team_id: str | None = None
+    user_api_key_end_user_id: Raw = Raw()
+    spend_logs_metadata: Raw = Raw()
+    requester_custom_headers: dict[str, Raw] | None = None
+
+
+class _Record(Struct):
+    """The fields of LiteLLM's StandardLoggingPayload that billing reads; the rest is skipped."""
+
+    litellm_call_id: str | None = None
+    id: str | None = None
+    status: str | None = None
+    response_cost: Raw = Raw()
+    response_cost_failure_debug_info: Raw = Raw()
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    model_group: str | None = None
+    model: str | None = None
+    custom_llm_provider: str | None = None
+    call_type: str | None = None
+    stream: bool | None = None
+    cache_hit: bool | None = None
+    startTime: float | None = None
+    endTime: float | None = None
+    end_user: str | None = None
+    metadata: _Metadata | None = None
+    model_map_information: _ModelMap | None = None
+    cost_breakdown: dict[str, Raw] | None = None
+
+
+class _CallIdOnly(Struct):
+    litellm_call_id: Raw = Raw()
+
+
+_RECORD = msgspec.json.Decoder(_Record)
+_CALL_ID_ONLY = msgspec.json.Decoder(_CallIdOnly)
+_SPEND_METADATA = msgspec.json.Decoder(dict[str, Raw] | str | None)
+_SPEND_METADATA_TEXT = msgspec.json.Decoder(dict[str, Raw])
+_RUN_ID = msgspec.json.Decoder(str | int | None)
+_ATTEMPT = msgspec.json.Decoder(int | str | None)
+_HEADER = msgspec.json.Decoder(str | None)
 
 
 @dataclass(frozen=True)
 class UsageFact:
-    """A usage record LiteLLM priced, ready for commit_usage_fact()."""
+    """A usage record judged valid: ready for commit_usage_facts() once its cost is known.
+
+    `cost_usd` is None only inside a deferral (LiteLLM did not know the cost).
+    The origin says where it came from: a delivery and position, or a spend-log row.
+    """
 
     litellm_call_id: str
     request_id: str
     run_id: str
     attempt: int
     end_user: str
-    cost_usd: Decimal
+    cost_usd: Decimal | None
     status: str
     model_group: str
     model: str
@@ -45,7 +142,11 @@ class UsageFact:
     team_id: str
     started_at: datetime | None
     ended_at: datetime | None
-    record: dict[str, Any]
+    explicit_run_id: str = ""
+    cost_breakdown: dict[str, Any] | None = None
+    ingest_batch_id: int | None = None
+    batch_position: int | None = None
+    spend_log_request_id: str = ""
 
     @property
     def source_reference(self) -> str:
@@ -54,296 +155,384 @@ class UsageFact:
 
 @dataclass(frozen=True)
 class NotBillable:
-    """A record that produced no fact. `kind` says what to do with it.
+    """A record that produced no bill now. `kind` says what to do with it.
 
-    kind: "deferred" (keep and retry: unknown cost or end user),
-          "invalid" (keep for staff: fails validation),
+    kind: "deferred" (keep and retry: unknown cost or payer; `fact` has all but that),
+          "invalid" (keep for staff: fails validation; `field` names what is wrong),
           "skipped" (nothing to bill: a failed call with no cost).
     """
 
     kind: str
     reason: str
     detail: str
-    litellm_call_id: str
-    record: Any
-    run_id: str = ""
-    attempt: int = 0
-    request_id: str = ""
-    end_user: str = ""
+    litellm_call_id: str = ""
+    field: str = ""
+    fact: UsageFact | None = None
+    ingest_batch_id: int | None = None
+    batch_position: int | None = None
 
     @property
     def source_reference(self) -> str | None:
-        if not self.litellm_call_id:
-            return None
-        return source_reference(run_id=self.run_id, attempt=self.attempt, litellm_call_id=self.litellm_call_id)
+        return self.fact.source_reference if self.fact is not None else None
 
 
 def source_reference(*, run_id: str, attempt: int, litellm_call_id: str) -> str:
+    """The idempotency key of a charge: "{run_id}/{attempt}/{litellm_call_id}".
+
+    Unambiguous read from the right: a call id never contains "/" and the
+    attempt is digits, so a run id may contain any printable character.
+    """
     return f"{run_id}/{attempt}/{litellm_call_id}"
 
 
 class _Invalid(Exception):
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, field: str, detail: str, *, reason: str = "") -> None:
         super().__init__(detail)
-        self.reason = reason
+        self.field = field
         self.detail = detail
+        self.reason = reason or f"invalid_{field.replace('.', '_')}"
 
 
-def strip_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The record without prompt/completion text and without LiteLLM's model-map dump.
-
-    `model_map_information` is ~10 KB of price-table per record; only the
-    per-token prices that the zero-cost check reads are kept.
-    """
-    kept = {k: v for k, v in record.items() if k not in _DROPPED_FIELDS}
-    info = record.get("model_map_information")
-    if isinstance(info, dict):
-        value = info.get("model_map_value") if isinstance(info.get("model_map_value"), dict) else {}
-        kept["model_map_information"] = {
-            "model_map_key": info.get("model_map_key"),
-            "model_map_value": {
-                k: value.get(k) for k in ("input_cost_per_token", "output_cost_per_token") if k in value
-            },
-        }
-    return kept
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _text(record: dict[str, Any], key: str, *, required: bool = False) -> str:
-    value = record.get(key)
+def _text(value: str | None, name: str, *, required: bool = False) -> str:
     if value is None or value == "":
         if required:
-            raise _Invalid(f"missing_{key}", f"`{key}` is required")
+            raise _Invalid(name, f"`{name}` is required", reason=f"missing_{name}")
         return ""
-    if not isinstance(value, str):
-        raise _Invalid(f"invalid_{key}", f"`{key}` must be a string, got {type(value).__name__}")
     if "\x00" in value:
-        raise _Invalid(f"invalid_{key}", f"`{key}` contains a NUL character")
-    if len(value) > _MAX_ID_LENGTH:
-        raise _Invalid(f"invalid_{key}", f"`{key}` is longer than {_MAX_ID_LENGTH} characters")
+        raise _Invalid(name, f"`{name}` contains a NUL character")
+    limit = _LIMITS[name]
+    if len(value) > limit:
+        raise _Invalid(name, f"`{name}` is {len(value)} characters long; at most {limit} fit")
     return value
 
 
-def _count(record: dict[str, Any], key: str) -> int:
-    value = record.get(key)
+def bounded_number(raw: bytes) -> Decimal | None:
+    """A JSON number's exact Decimal, or None when it is not a number of bounded size."""
+    text = raw.strip()
+    if len(text) > 110 or not _JSON_NUMBER.fullmatch(text):
+        return None
+    return Decimal(text.decode())
+
+
+def _count(value: int | None, name: str) -> int:
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
-        raise _Invalid(f"invalid_{key}", f"`{key}` must be a non-negative integer, got {value!r}")
-    if isinstance(value, Decimal):
-        if not value.is_finite() or value != value.to_integral_value():
-            raise _Invalid(f"invalid_{key}", f"`{key}` must be a non-negative integer, got {value}")
-        value = int(value)
-    if value < 0:
-        raise _Invalid(f"invalid_{key}", f"`{key}` must be a non-negative integer, got {value}")
+    if not 0 <= value <= MAX_TOKENS:
+        raise _Invalid(name, f"`{name}` must be between 0 and {MAX_TOKENS}, got {_shown(value)}")
     return value
 
 
-def _flag(record: dict[str, Any], key: str) -> bool:
-    value = record.get(key)
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise _Invalid(f"invalid_{key}", f"`{key}` must be true, false or null, got {value!r}")
-    return value
-
-
-def _timestamp(record: dict[str, Any], key: str) -> datetime | None:
-    value = record.get(key)
+def _timestamp(value: float | None, name: str) -> datetime | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal)) or not Decimal(value).is_finite():
-        raise _Invalid(f"invalid_{key}", f"`{key}` must be epoch seconds, got {value!r}")
     try:
         # A timestamp, not money: float precision is fine here.
-        return datetime.fromtimestamp(float(value), tz=UTC)
+        return datetime.fromtimestamp(value, tz=UTC)
     except (OverflowError, OSError, ValueError) as exc:
-        raise _Invalid(f"invalid_{key}", f"`{key}` is out of range: {value}") from exc
+        raise _Invalid(name, f"`{name}` is out of range: {_shown(value)}") from exc
 
 
-def _cost(record: dict[str, Any]) -> Decimal | None:
+def _cost(record: _Record) -> Decimal | None:
     """The USD cost, or None when LiteLLM did not know it (then defer, never charge 0)."""
-    if record.get("response_cost_failure_debug_info") not in (None, {}, ""):
+    if not _EMPTY_JSON.fullmatch(bytes(record.response_cost_failure_debug_info)):
         return None
-    value = record.get("response_cost")
-    if value is None:
+    raw = bytes(record.response_cost)
+    if _EMPTY_JSON.fullmatch(raw):
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
-        raise _Invalid("invalid_response_cost", f"`response_cost` must be a number, got {value!r}")
-    cost = Decimal(value)
-    if not cost.is_finite():
-        raise _Invalid("invalid_response_cost", f"`response_cost` must be finite, got {value}")
+    cost = bounded_number(raw)
+    if cost is None:
+        raise _Invalid("response_cost", f"`response_cost` must be a JSON number, got {_shown(raw.decode())}")
     if cost < 0:
-        raise _Invalid("invalid_response_cost", f"`response_cost` must not be negative, got {value}")
+        raise _Invalid("response_cost", f"`response_cost` must not be negative, got {cost}")
     if not fits_cost_column(cost):
-        raise _Invalid("invalid_response_cost", f"`response_cost` {value} has more digits than the ledger keeps")
+        raise _Invalid("response_cost", f"`response_cost` {cost} has more digits than the ledger keeps")
+    if current_charge_rate().credits_for(cost) > MAX_CREDITS:
+        raise _Invalid("response_cost", f"`response_cost` {cost} is too large to charge in credits")
     return cost
 
 
-def _metadata(record: dict[str, Any]) -> dict[str, Any]:
-    metadata = record.get("metadata")
-    if metadata is None:
+def _spend_logs_metadata(metadata: _Metadata) -> dict[str, Raw]:
+    raw = bytes(metadata.spend_logs_metadata)
+    if _EMPTY_JSON.fullmatch(raw):
         return {}
-    if not isinstance(metadata, dict):
-        raise _Invalid("invalid_metadata", "`metadata` must be an object")
-    return metadata
+    try:
+        value = _SPEND_METADATA.decode(raw)
+        if isinstance(value, str):
+            value = _SPEND_METADATA_TEXT.decode(value)
+    except msgspec.DecodeError:
+        return {}  # LiteLLM passes free-form metadata through: not ours to judge beyond run/attempt
+    return value or {}
 
 
-def _run_and_attempt(metadata: dict[str, Any], litellm_call_id: str) -> tuple[str, int]:
-    spend = metadata.get("spend_logs_metadata")
-    if isinstance(spend, str):
+def _run_and_attempt(spend: dict[str, Raw], litellm_call_id: str) -> tuple[str, int, str]:
+    """(run_id, attempt, the run id the caller named or "")."""
+    run_id: Any = None
+    if "run_id" in spend:
         try:
-            spend = json.loads(spend)
-        except ValueError:
-            spend = None
-    if not isinstance(spend, dict):
-        return litellm_call_id, 0
-    run_id = spend.get("run_id")
-    if run_id is None or run_id == "":
-        run_id = litellm_call_id
-    elif isinstance(run_id, (int, Decimal)) and not isinstance(run_id, bool):
+            run_id = _RUN_ID.decode(spend["run_id"])
+        except msgspec.DecodeError as exc:
+            raise _Invalid("metadata.spend_logs_metadata.run_id", "`run_id` must be a string or an integer") from exc
+    if isinstance(run_id, int):
         run_id = str(run_id)
-    if not isinstance(run_id, str) or len(run_id) > _MAX_ID_LENGTH or "/" in run_id:
-        raise _Invalid("invalid_run_id", "`spend_logs_metadata.run_id` must be a string without '/'")
-    attempt = spend.get("attempt", 0)
-    if attempt is None:
-        attempt = 0
-    if isinstance(attempt, str) and attempt.isdigit():
-        attempt = int(attempt)
-    if isinstance(attempt, Decimal) and attempt.is_finite() and attempt == attempt.to_integral_value():
-        attempt = int(attempt)
-    if isinstance(attempt, bool) or not isinstance(attempt, int) or not 0 <= attempt < 2**31:
-        raise _Invalid("invalid_attempt", "`spend_logs_metadata.attempt` must be a non-negative integer")
-    return run_id, attempt
+    if run_id is None or run_id == "":
+        return litellm_call_id, _attempt(spend), ""
+    if _CONTROL.search(run_id) or len(run_id) > _LIMITS["run_id"]:
+        raise _Invalid(
+            "metadata.spend_logs_metadata.run_id",
+            f"`run_id` must be printable and at most {_LIMITS['run_id']} characters",
+        )
+    return run_id, _attempt(spend), run_id
 
 
-def resolve_end_user(record: dict[str, Any], metadata: dict[str, Any]) -> str:
+def _attempt(spend: dict[str, Raw]) -> int:
+    if "attempt" not in spend:
+        return 0
+    try:
+        value = _ATTEMPT.decode(spend["attempt"])
+    except msgspec.DecodeError:
+        value = -1
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        value = int(value) if value.isascii() and value.isdigit() and len(value) <= 10 else -1
+    if not 0 <= value <= _MAX_ATTEMPT:
+        raise _Invalid("metadata.spend_logs_metadata.attempt", "`attempt` must be a non-negative integer")
+    return value
+
+
+def _end_user(record: _Record, metadata: _Metadata) -> str:
     """LiteLLM's end user: the record's `end_user`, else the header older versions left in metadata."""
-    end_user = record.get("end_user")
-    if isinstance(end_user, str) and end_user:
-        return end_user
-    headers = metadata.get("requester_custom_headers")
-    if isinstance(headers, dict):
-        for name, value in headers.items():
-            if isinstance(name, str) and name.lower() == "x-litellm-end-user-id" and isinstance(value, str) and value:
-                return value
-    fallback = metadata.get("user_api_key_end_user_id")
-    if isinstance(fallback, str) and fallback:
-        return fallback
+    if record.end_user:
+        return _text(record.end_user, "end_user")
+    candidates = []
+    for name, value in (metadata.requester_custom_headers or {}).items():
+        if name.lower() == "x-litellm-end-user-id":
+            candidates.append(value)
+    candidates.append(metadata.user_api_key_end_user_id)
+    for raw in candidates:
+        try:
+            value = _HEADER.decode(raw) if bytes(raw) else None
+        except msgspec.DecodeError:
+            continue
+        if value:
+            return _text(value, "end_user")
     return ""
 
 
-def _positive_price(value: Any) -> bool:
-    return isinstance(value, (int, Decimal)) and not isinstance(value, bool) and Decimal(value) > 0
+def _positive_price(raw: Raw) -> bool:
+    price = bounded_number(bytes(raw)) if bytes(raw) else None
+    return price is not None and price > 0
 
 
-def _zero_cost_suspect(record: dict[str, Any], cost: Decimal, total_tokens: int) -> bool:
+def _zero_cost_suspect(record: _Record, cost: Decimal, total_tokens: int) -> bool:
     """Priced at 0 although LiteLLM's own model map lists non-zero per-token prices."""
-    if cost != 0 or total_tokens <= 0:
+    if cost != 0 or total_tokens <= 0 or record.model_map_information is None:
         return False
-    info = record.get("model_map_information")
-    value = info.get("model_map_value") if isinstance(info, dict) else None
-    if not isinstance(value, dict):
-        return False
-    return _positive_price(value.get("input_cost_per_token")) or _positive_price(value.get("output_cost_per_token"))
+    prices = record.model_map_information.model_map_value
+    return prices is not None and (
+        _positive_price(prices.input_cost_per_token) or _positive_price(prices.output_cost_per_token)
+    )
+
+
+def _cost_breakdown(value: dict[str, Raw] | None) -> dict[str, Any] | None:
+    """LiteLLM's cost breakdown for audit: bounded numbers kept exact, short strings, nothing else."""
+    if not value:
+        return None
+    kept: dict[str, Any] = {}
+    for key, raw in list(value.items())[:32]:
+        if len(key) > 64 or "\x00" in key:
+            continue
+        text = bytes(raw)
+        number = bounded_number(text)
+        if number is not None and fits_cost_column(abs(number)):
+            kept[key] = str(number)
+        elif text.strip() in (b"null", b"true", b"false"):
+            kept[key] = {b"null": None, b"true": True, b"false": False}[text.strip()]
+    return kept or None
+
+
+def _call_id_of_invalid(raw: bytes) -> str:
+    """The call id of a record that failed, when it can be read safely (for staff to search by)."""
+    try:
+        value = _HEADER.decode(bytes(_CALL_ID_ONLY.decode(raw).litellm_call_id) or b"null")
+    except (msgspec.DecodeError, RecursionError):
+        return ""
+    if not value or "\x00" in value or "/" in value or len(value) > _LIMITS["litellm_call_id"]:
+        return ""
+    return value
+
+
+def _validation_field(exc: msgspec.ValidationError) -> str:
+    match = _FIELD_PATH.search(str(exc))
+    return match.group(1) if match else "record"
+
+
+def judge_usage_record(
+    raw: bytes, *, ingest_batch_id: int | None = None, batch_position: int | None = None
+) -> UsageFact | NotBillable:
+    """Judge one record's raw JSON: a fact to bill, or why it is not (deferred, invalid or skipped).
+
+    Never raises for anything about the record: whatever is wrong with it costs
+    this record alone (BILLING_NEVER_THROWS).
+    """
+    origin = {"ingest_batch_id": ingest_batch_id, "batch_position": batch_position}
+    try:
+        try:
+            return _judge(raw, origin)
+        except msgspec.DecodeError:
+            # Not strict JSON (NaN, Infinity, …): judge it as Python's json reads it, with those
+            # constants as strings, so a NaN where money belongs is refused and one elsewhere is harmless.
+            strict = _strict_json(raw)
+            if strict is None:
+                raise
+            return _judge(strict, origin)
+    except _Invalid as exc:
+        return NotBillable(
+            kind="invalid",
+            reason=exc.reason,
+            detail=exc.detail[:_MAX_DETAIL],
+            field=exc.field,
+            litellm_call_id=_call_id_of_invalid(raw),
+            **origin,
+        )
+    except msgspec.ValidationError as exc:
+        name = _validation_field(exc)
+        detail = f"`{name}`: {exc}"
+    except msgspec.DecodeError as exc:
+        name = "record"
+        detail = f"unparseable: the record is not valid JSON: {exc}"
+    except RecursionError:
+        name = "record"
+        detail = "the record nests deeper than JSON decoding allows"
+    except Exception as exc:  # noqa: BLE001 - BILLING_NEVER_THROWS: any surprise costs this record only
+        name = "record"
+        detail = f"unexpected {type(exc).__name__} while judging the record"
+    if name == "record":
+        reason = "not_an_object" if "Expected `object`" in detail else "invalid_record"
+    else:
+        reason = f"invalid_{name.replace('.', '_')}"
+    return NotBillable(
+        kind="invalid",
+        reason=reason,
+        detail=detail[:_MAX_DETAIL],
+        field=name,
+        litellm_call_id=_call_id_of_invalid(raw),
+        **origin,
+    )
+
+
+def _strict_json(raw: bytes) -> bytes | None:
+    try:
+        value = json.loads(raw, parse_float=Decimal, parse_constant=str)
+        return dumps_exact(value, for_jsonb=False).encode()
+    except (ValueError, RecursionError, UnicodeError):
+        return None
 
 
 def parse_usage_record(record: Any) -> UsageFact | NotBillable:
-    """Judge one record: a fact to bill, or why it is not (deferred, invalid or skipped)."""
-    if not isinstance(record, dict):
-        return NotBillable(
-            kind="invalid",
-            reason="not_an_object",
-            detail=f"a record must be a JSON object, got {type(record).__name__}",
-            litellm_call_id="",
-            record={"value": record},
-        )
-    stripped = strip_record(record)
-    raw_call_id = record.get("litellm_call_id")
-    call_id = raw_call_id if isinstance(raw_call_id, str) and 0 < len(raw_call_id) <= _MAX_ID_LENGTH else ""
+    """judge_usage_record() for a record already parsed into Python (tests, spend-log rows, legacy rows)."""
     try:
-        call_id = _text(record, "litellm_call_id", required=True)
-        metadata = _metadata(record)
-        run_id, attempt = _run_and_attempt(metadata, call_id)
-        request_id = _text(record, "id")
-        end_user = resolve_end_user(record, metadata)
-        status = record.get("status") or "success"
-        if status not in ("success", "failure"):
-            raise _Invalid("invalid_status", f"`status` must be 'success' or 'failure', got {status!r}")
-        cost = _cost(record)
-        prompt_tokens = _count(record, "prompt_tokens")
-        completion_tokens = _count(record, "completion_tokens")
-        total_tokens = _count(record, "total_tokens") or prompt_tokens + completion_tokens
-        stream = _flag(record, "stream")
-        cache_hit = _flag(record, "cache_hit")
-        started_at = _timestamp(record, "startTime")
-        ended_at = _timestamp(record, "endTime")
-        texts = {k: _text(record, k) for k in ("model_group", "model", "custom_llm_provider", "call_type")}
-        audit = {k: metadata.get(k) for k in ("user_api_key_hash", "user_api_key_alias", "user_api_key_team_id")}
-        for key, value in audit.items():
-            if value is not None and not isinstance(value, str):
-                raise _Invalid(f"invalid_{key}", f"`metadata.{key}` must be a string")
-    except _Invalid as exc:
-        return NotBillable(
-            kind="invalid", reason=exc.reason, detail=exc.detail, litellm_call_id=call_id, record=stripped
-        )
+        raw = dumps_exact(record, for_jsonb=False).encode()
+    except (ValueError, RecursionError, UnicodeError, TypeError):
+        return NotBillable(kind="invalid", reason="invalid_record", detail="the record cannot be encoded as JSON")
+    return judge_usage_record(raw)
 
-    ids = {"litellm_call_id": call_id, "run_id": run_id, "attempt": attempt, "request_id": request_id}
+
+def _judge(raw: bytes, origin: dict[str, Any]) -> UsageFact | NotBillable:
+    record = _RECORD.decode(raw)
+    call_id = _text(record.litellm_call_id, "litellm_call_id", required=True)
+    if "/" in call_id:
+        raise _Invalid("litellm_call_id", "`litellm_call_id` must not contain '/'")
+    metadata = record.metadata or _Metadata()
+    run_id, attempt, explicit_run_id = _run_and_attempt(_spend_logs_metadata(metadata), call_id)
+    status = record.status or "success"
+    if status not in ("success", "failure"):
+        raise _Invalid("status", f"`status` must be 'success' or 'failure', got {_shown(status)}")
+    cost = _cost(record)
+    prompt_tokens = _count(record.prompt_tokens, "prompt_tokens")
+    completion_tokens = _count(record.completion_tokens, "completion_tokens")
+    total_tokens = _count(record.total_tokens, "total_tokens") or prompt_tokens + completion_tokens
+    fact = UsageFact(
+        litellm_call_id=call_id,
+        request_id=_text(record.id, "id"),
+        run_id=run_id,
+        attempt=attempt,
+        explicit_run_id=explicit_run_id,
+        end_user=_end_user(record, metadata),
+        cost_usd=cost,
+        status=status,
+        model_group=_text(record.model_group, "model_group"),
+        model=_text(record.model, "model"),
+        provider=_text(record.custom_llm_provider, "custom_llm_provider"),
+        call_type=_text(record.call_type, "call_type"),
+        stream=bool(record.stream),
+        cache_hit=bool(record.cache_hit),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=total_tokens,
+        zero_cost_suspect=cost is not None and status == "success" and _zero_cost_suspect(record, cost, total_tokens),
+        api_key_hash=_text(metadata.user_api_key_hash, "metadata.user_api_key_hash"),
+        api_key_alias=_text(metadata.user_api_key_alias, "metadata.user_api_key_alias"),
+        team_id=_text(metadata.user_api_key_team_id, "metadata.user_api_key_team_id"),
+        started_at=_timestamp(record.startTime, "startTime"),
+        ended_at=_timestamp(record.endTime, "endTime"),
+        cost_breakdown=_cost_breakdown(record.cost_breakdown),
+        **origin,
+    )
     if status == "failure" and not cost:
         # Nothing was billed by the provider: no receipt (counted by the caller).
         reason = "failure_without_cost" if cost is not None else "failure_unknown_cost"
         return NotBillable(
-            kind="skipped", reason=reason, detail="failed call with no cost", record=stripped, end_user=end_user, **ids
+            kind="skipped", reason=reason, detail="failed call with no cost", litellm_call_id=call_id, **origin
         )
     if cost is None:
         return NotBillable(
             kind="deferred",
             reason="unknown_cost",
             detail="LiteLLM did not know the cost of this call",
-            record=stripped,
-            end_user=end_user,
-            **ids,
+            litellm_call_id=call_id,
+            fact=fact,
+            **origin,
         )
-    return UsageFact(
-        end_user=end_user,
-        cost_usd=cost,
-        status=status,
-        model_group=texts["model_group"],
-        model=texts["model"],
-        provider=texts["custom_llm_provider"],
-        call_type=texts["call_type"],
-        stream=stream,
-        cache_hit=cache_hit,
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=total_tokens,
-        zero_cost_suspect=status == "success" and _zero_cost_suspect(record, cost, total_tokens),
-        api_key_hash=audit["user_api_key_hash"] or "",
-        api_key_alias=audit["user_api_key_alias"] or "",
-        team_id=audit["user_api_key_team_id"] or "",
-        started_at=started_at,
-        ended_at=ended_at,
-        record=stripped,
-        **ids,
-    )
+    return fact
 
 
-@dataclass(frozen=True)
-class UnparseableLine:
-    """An NDJSON line that is not JSON: kept for staff, never silently dropped."""
+# --- a fact kept with a deferral (DeferredUsage.fact): plain JSON, every value already judged ---
 
-    line_number: int
-    error: str
-    text: str
+_FACT_VERSION = 1
 
 
-def judge(record: Any) -> UsageFact | NotBillable:
-    """parse_usage_record(), also for NDJSON lines that could not be parsed."""
-    if isinstance(record, UnparseableLine):
-        return NotBillable(
-            kind="invalid",
-            reason="unparseable_line",
-            detail=f"line {record.line_number} is not JSON: {record.error}",
-            litellm_call_id="",
-            record={"line_number": record.line_number, "text": record.text[:4096]},
-        )
-    return parse_usage_record(record)
+def fact_to_json(fact: UsageFact) -> dict[str, Any]:
+    return {
+        "version": _FACT_VERSION,
+        **{
+            name: (
+                str(value)
+                if isinstance(value, Decimal)
+                else value.isoformat()
+                if isinstance(value, datetime)
+                else value
+            )
+            for name, value in fact.__dict__.items()
+        },
+    }
+
+
+def fact_from_json(data: dict[str, Any]) -> UsageFact:
+    values = {k: v for k, v in data.items() if k != "version"}
+    for name in ("started_at", "ended_at"):
+        if values.get(name):
+            values[name] = datetime.fromisoformat(values[name])
+    if values.get("cost_usd") is not None:
+        values["cost_usd"] = Decimal(values["cost_usd"])
+    return UsageFact(**values)
+
+
+def is_fact_json(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("version") == _FACT_VERSION

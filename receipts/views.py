@@ -1,5 +1,3 @@
-import time
-
 from django.conf import settings
 from django.db import DatabaseError, connection
 from drf_spectacular.types import OpenApiTypes
@@ -11,11 +9,10 @@ from rest_framework.views import APIView
 
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
 from billing_project.api import InternalTokenAuthentication, IsInternalService
-from receipts import metrics
-from receipts.body import BodyError, parse_ingest_body
+from receipts.delivery import BodyError
 from receipts.notify import waiter
 from receipts.selectors import open_deferral_for_call, receipt_for_call
-from receipts.services import ingest_batch_close, ingest_batch_fail, ingest_batch_open, ingest_usage_records
+from receipts.services import ingest_delivery
 
 # LiteLLM's generic_api logger always says application/json, also for NDJSON.
 ACCEPTED_CONTENT_TYPES = {
@@ -26,6 +23,10 @@ ACCEPTED_CONTENT_TYPES = {
     "application/x-jsonlines",
     "text/plain",
 }
+
+
+_ERROR = inline_serializer("Error", {"error": serializers.CharField(), "field": serializers.CharField(required=False)})
+ERROR_RESPONSES = {400: _ERROR, 401: _ERROR, 413: _ERROR, 415: _ERROR, 503: _ERROR}
 
 
 def _error(message: str, http_status: int, **extra: object) -> Response:
@@ -50,11 +51,10 @@ class UsageIngestApi(APIView):
 
     @extend_schema(
         request={"application/json": OpenApiTypes.OBJECT},
-        responses={200: OutputSerializer},
+        responses={200: OutputSerializer, **ERROR_RESPONSES},
         description="Bill a LiteLLM callback batch: a JSON array, NDJSON, or one record.",
     )
     def post(self, request: Request) -> Response:
-        started = time.perf_counter()
         content_type = request.content_type.split(";")[0].strip().lower()
         if content_type and content_type not in ACCEPTED_CONTENT_TYPES:
             return _error(
@@ -79,31 +79,28 @@ class UsageIngestApi(APIView):
                 f"body is over the limit of {limit} bytes", status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, field="body"
             )
         try:
-            records = parse_ingest_body(body)
+            result = ingest_delivery(
+                body=body,
+                content_type=content_type,
+                remote_addr=str(request.META.get("REMOTE_ADDR", "")),
+                headers=_delivery_headers(request),
+            )
         except BodyError as exc:
-            try:
-                batch = ingest_batch_open(remote_addr=_remote(request), content_type=content_type, body_bytes=len(body))
-                ingest_batch_fail(batch=batch, error=f"{exc}\n--- first 512 bytes ---\n{body[:512]!r}")
-            except DatabaseError:
-                pass
             return _error(str(exc), status.HTTP_400_BAD_REQUEST, field="body")
-        try:
-            batch = ingest_batch_open(remote_addr=_remote(request), content_type=content_type, body_bytes=len(body))
-            result = ingest_usage_records(records=records)
         except DatabaseError as exc:
-            # Nothing could be stored: let the sender retry (every record is idempotent).
+            # Nothing could be billed: let the sender retry (every record is idempotent).
             return _error(
                 f"the billing database is unavailable: {type(exc).__name__}", status.HTTP_503_SERVICE_UNAVAILABLE
             )
-        elapsed = time.perf_counter() - started
-        metrics.ingest_batch_seconds.observe(elapsed)
-        metrics.ingest_batch_records.observe(len(records))
-        ingest_batch_close(batch=batch, result=result, duration_ms=elapsed * 1000)
         return Response(self.OutputSerializer(result.as_dict()).data)
 
 
-def _remote(request: Request) -> str:
-    return str(request.META.get("REMOTE_ADDR", ""))[:64]
+# Headers worth keeping with a delivery (never Authorization).
+_DELIVERY_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Transfer-Encoding", "User-Agent")
+
+
+def _delivery_headers(request: Request) -> dict[str, str]:
+    return {name: request.headers[name][:512] for name in _DELIVERY_HEADERS if name in request.headers}
 
 
 @extend_schema_serializer(component_name="ChargeReceipt")

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from accounts.models import BillingAccount, CreditLedgerEntry
 from accounts.services import end_user_alias_create
 from receipts.models import ChargeReceipt, DeferredUsage, IngestBatch
+from receipts.selectors import delivered_record
 from tests.factories import litellm_record, to_body, to_ndjson
 
 INGEST = "/api/internal/billing/ingest"
@@ -107,7 +108,8 @@ def test_an_unparseable_ndjson_line_is_kept_not_dropped(internal_client, account
     result = response.json()
     assert (result["processed"], result["skipped"]) == (2, 1)
     kept = DeferredUsage.objects.get(reason="invalid")
-    assert "unparseable_line" in kept.detail and kept.record["line_number"] == 2
+    assert "unparseable" in kept.detail and kept.batch_position == 1 and kept.fact is None
+    assert delivered_record(ingest_batch_id=kept.ingest_batch_id, position=1) == b'{"litellm_call_id": "broken",'
 
 
 @pytest.mark.django_db

@@ -1,6 +1,7 @@
 """Contract tests on the real LiteLLM 1.108 callback bodies in tests/fixtures (copied from shared/samples)."""
 
 import copy
+import json
 from decimal import Decimal
 
 import pytest
@@ -8,6 +9,7 @@ from prometheus_client import REGISTRY
 
 from accounts.models import BillingAccount, CreditLedgerEntry
 from receipts.models import ChargeReceipt, DeferredUsage
+from receipts.selectors import delivered_record
 from receipts.usage import NotBillable, UsageFact, parse_usage_record
 from tests.factories import SAMPLE_BATCH, SAMPLE_FAILURE_EMBEDDING_STREAM, litellm_record, load_sample, to_body
 
@@ -68,7 +70,10 @@ def test_json_array_batch_sample(internal_client, account: BillingAccount) -> No
     assert not unpriced.zero_cost_suspect  # its model map lists no prices
 
     for r in ChargeReceipt.objects.all():
-        assert "messages" not in r.raw_record and "response" not in r.raw_record
+        # No per-receipt copy of the record: it links to the exact bytes in its stored delivery.
+        delivered = delivered_record(ingest_batch_id=r.ingest_batch_id, position=r.batch_position)
+        assert json.loads(delivered)["litellm_call_id"] == r.litellm_call_id
+        assert (r.credits_per_usd, r.markup) == (Decimal(1_000_000), Decimal(1))
         assert r.ledger_entry.amount_credits == -r.charged_credits
     account.refresh_from_db()
     assert account.balance_credits == -(14 + 5 + 0 + 14 + 0)
@@ -116,7 +121,8 @@ def test_unknown_cost_is_deferred_never_charged_as_zero(internal_client, account
     deferred = DeferredUsage.objects.get(litellm_call_id=record["litellm_call_id"])
     assert (deferred.reason, deferred.status) == ("unknown_cost", "pending")
     assert deferred.next_attempt_at is not None
-    assert "messages" not in deferred.record
+    assert deferred.fact["litellm_call_id"] == record["litellm_call_id"] and "messages" not in deferred.fact
+    assert deferred.fact["cost_usd"] is None and deferred.batch_position == 0
     assert not ChargeReceipt.objects.exists() and not CreditLedgerEntry.objects.exists()
     assert metric("billing_missing_cost_deferred_total") == before + 1
 
@@ -153,7 +159,9 @@ def test_cost_is_exact_to_the_last_digit_of_the_json_text(internal_client, accou
     stored = ChargeReceipt.objects.get(litellm_call_id=record["litellm_call_id"])
     assert stored.cost_usd == Decimal("0.0000135000000000000000001")
     assert stored.charged_credits == 14  # 13.5000…0001 rounds up once
-    assert stored.raw_record["response_cost"] == Decimal("0.0000135000000000000000001")
+    assert b"0.0000135000000000000000001" in delivered_record(
+        ingest_batch_id=stored.ingest_batch_id, position=stored.batch_position
+    )
 
 
 def test_unknown_fields_are_ignored() -> None:

@@ -1,0 +1,108 @@
+"""Split an ingest body into its records' raw JSON, without building them.
+
+LiteLLM sends a JSON array (default), NDJSON (`log_format: ndjson`) or one
+object (`single`). Each element is returned as its own bytes so that it is
+decoded and judged alone (receipts.usage): one hostile record (NaN, nesting
+thousands deep, a huge number) costs only itself, never its neighbours.
+"""
+
+import re
+
+import msgspec
+
+
+class BodyError(ValueError):
+    """The body cannot be parsed at all (HTTP 400)."""
+
+
+_ARRAY = msgspec.json.Decoder(list[msgspec.Raw])
+_ONE = msgspec.json.Decoder(msgspec.Raw)
+# Structural characters and string starts, for the tolerant splitter below.
+_STRUCTURE = re.compile(rb'["\[\]{},]')
+_STRING_TAIL = re.compile(rb'(?:[^"\\]++|\\.)*+"', re.S)
+
+
+def split_delivery(body: bytes) -> list[bytes]:
+    """The raw JSON of each record of a delivery, in order. Raises BodyError for an unusable body."""
+    text = body.removeprefix(b"\xef\xbb\xbf").strip()
+    if not text:
+        raise BodyError("body is empty; send a JSON array of LiteLLM records, NDJSON, or one record")
+    if text[:1] == b"[":
+        records = _split_array(text)
+        if not records:
+            raise BodyError("empty batch: the JSON array has no records")
+        return records
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) == 1 or text[:1] != b"{":
+        return [_single(text)]
+    if not _looks_like_ndjson(text):
+        return [_single(text)]
+    return lines
+
+
+def _single(text: bytes) -> bytes:
+    try:
+        _ONE.decode(text)
+    except msgspec.DecodeError as exc:
+        raise BodyError(f"body is not valid JSON: {exc}") from exc
+    except RecursionError:
+        pass  # syntactically a record, too deep to build: judged (and kept) as an invalid record
+    if text[:1] != b"{":
+        kind = type(msgspec.json.decode(text)).__name__ if len(text) < 4096 else "value"
+        raise BodyError(f"body must be a JSON array, a JSON object or NDJSON, got a JSON {kind}")
+    return text
+
+
+def _looks_like_ndjson(text: bytes) -> bool:
+    """A pretty-printed single object also spans lines: it is one record only when it parses whole."""
+    try:
+        _ONE.decode(text)
+    except msgspec.DecodeError:
+        return True
+    except RecursionError:
+        return True
+    return False
+
+
+def _split_array(text: bytes) -> list[bytes]:
+    try:
+        return [bytes(raw) for raw in _ARRAY.decode(text)]
+    except (msgspec.DecodeError, RecursionError) as exc:
+        # Something inside is not strict JSON (NaN) or nests too deep for the fast path:
+        # split by structure alone, so each element is judged on its own.
+        records = _split_array_tolerant(text)
+        if records is None:
+            raise BodyError(f"body is not valid JSON: {exc}") from exc
+        return records
+
+
+def _split_array_tolerant(text: bytes) -> list[bytes] | None:
+    """Top-level elements of a JSON array by bracket depth, skipping strings; None if unbalanced."""
+    elements: list[bytes] = []
+    depth, pos, start = 1, 1, 1
+    while True:
+        match = _STRUCTURE.search(text, pos)
+        if match is None:
+            return None
+        char = text[match.start()]
+        pos = match.end()
+        if char == 0x22:  # '"'
+            tail = _STRING_TAIL.match(text, pos)
+            if tail is None:
+                return None
+            pos = tail.end()
+        elif char in b"[{":
+            depth += 1
+        elif char in b"]}":
+            depth -= 1
+            if depth == 0:
+                last = text[start : match.start()].strip()
+                if last:
+                    elements.append(last)
+                elif elements:
+                    return None  # a trailing comma
+                return None if text[pos:].strip() else elements
+        elif depth == 1:  # a top-level comma
+            elements.append(text[start : match.start()].strip())
+            start = pos

@@ -1,0 +1,44 @@
+"""Writes of the receipts app, by concern (HackSoft style: a services package re-exporting its modules).
+
+- billing: commit_usage_facts(), the one writer of charge receipts and usage debits;
+- deferrals: keeping what cannot be billed now;
+- ingest: one LiteLLM delivery, stored first, then billed record by record;
+- retry: deferred records retried (cost learnt, payer bound, error gone).
+"""
+
+from receipts.services.billing import (
+    RECEIPT_CHANNEL,
+    CommitOutcome,
+    close_open_deferrals,
+    commit_usage_fact,
+    commit_usage_facts,
+)
+from receipts.services.deferrals import defer_usage, next_attempt_delay
+from receipts.services.ingest import (
+    IngestResult,
+    commit_isolated,
+    ingest_delivery,
+    ingest_usage_records,
+    keep_isolated,
+    reprocess_delivery,
+)
+from receipts.services.retry import claim_due_deferred_usage, make_end_user_deferrals_due, retry_deferred_usage
+
+__all__ = [
+    "RECEIPT_CHANNEL",
+    "CommitOutcome",
+    "IngestResult",
+    "claim_due_deferred_usage",
+    "close_open_deferrals",
+    "commit_isolated",
+    "commit_usage_fact",
+    "commit_usage_facts",
+    "defer_usage",
+    "ingest_delivery",
+    "ingest_usage_records",
+    "keep_isolated",
+    "make_end_user_deferrals_due",
+    "next_attempt_delay",
+    "reprocess_delivery",
+    "retry_deferred_usage",
+]

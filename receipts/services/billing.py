@@ -1,0 +1,262 @@
+"""The money path: usage facts become charge receipts and usage debits.
+
+commit_usage_facts() is the one writer of receipts and usage debits
+(ONE_LEDGER_WRITER); commit_usage_fact() is its one-record form. Ingest, the
+deferred retry and the reconciler's backfill all call them.
+"""
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from django.db import connection, transaction
+from django.utils import timezone
+
+from accounts.models import CreditLedgerEntry, EndUserAlias
+from accounts.money import ChargeRate, current_charge_rate
+from receipts import metrics
+from receipts.models import ChargeReceipt, DeferredUsage
+from receipts.services.deferrals import defer_usage
+from receipts.usage import SOURCE_SYSTEM, NotBillable, UsageFact
+
+logger = logging.getLogger(__name__)
+
+RECEIPT_CHANNEL = "billing_receipts"
+_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    """What happened to one fact: "processed" (new receipt), "duplicate" or "deferred"."""
+
+    outcome: str
+    litellm_call_id: str
+    receipt_id: int | None = None
+    reason: str = ""
+
+
+# Columns of a receipt INSERT, in model order (the primary key comes from the sequence).
+_RECEIPT_FIELDS = [f for f in ChargeReceipt._meta.concrete_fields if not f.primary_key]
+
+
+def _array_type(field: Any) -> str:
+    # Text, not varchar(n): an explicit cast to varchar(n) silently truncates, an assignment refuses.
+    if field.get_internal_type() == "CharField":
+        return "text[]"
+    if field.get_internal_type() == "JSONField":
+        return "jsonb[]"
+    return f"{field.db_type(connection)}[]"
+
+
+def _receipt_insert_sql() -> str:
+    """One array parameter per column, unnested: far cheaper than a parameter per value (bench/README.md).
+
+    WITH ORDINALITY keeps the rows in source_reference order.
+    """
+    names = ", ".join(f.column for f in _RECEIPT_FIELDS)
+    arrays = ", ".join(f"%s::{_array_type(f)}" for f in _RECEIPT_FIELDS)
+    return (
+        f"INSERT INTO {ChargeReceipt._meta.db_table} ({names}) "
+        f"SELECT {', '.join('u.' + f.column for f in _RECEIPT_FIELDS)} "
+        f"FROM unnest({arrays}) WITH ORDINALITY AS u({names}, ord) ORDER BY ord "
+        "ON CONFLICT (source_system, source_reference) DO NOTHING RETURNING id, source_reference"
+    )
+
+
+def _receipt_row(fact: UsageFact, *, account_id: int, rate: ChargeRate, charged: int, now: datetime) -> dict[str, Any]:
+    """One receipt's column values by field name."""
+    return {
+        "account": account_id,
+        "source_system": SOURCE_SYSTEM,
+        "source_reference": fact.source_reference,
+        "litellm_call_id": fact.litellm_call_id,
+        "request_id": fact.request_id,
+        "run_id": fact.run_id,
+        "attempt": fact.attempt,
+        "status": fact.status,
+        "model_group": fact.model_group,
+        "model": fact.model,
+        "provider": fact.provider,
+        "call_type": fact.call_type,
+        "stream": fact.stream,
+        "cache_hit": fact.cache_hit,
+        "prompt_tokens": fact.prompt_tokens,
+        "completion_tokens": fact.completion_tokens,
+        "total_tokens": fact.total_tokens,
+        "cost_usd": fact.cost_usd,
+        "charged_credits": charged,
+        "credits_per_usd": rate.credits_per_usd,
+        "markup": rate.markup,
+        "zero_cost_suspect": fact.zero_cost_suspect,
+        "end_user": fact.end_user,
+        "api_key_hash": fact.api_key_hash,
+        "api_key_alias": fact.api_key_alias,
+        "team_id": fact.team_id,
+        "started_at": fact.started_at,
+        "ended_at": fact.ended_at,
+        "created_at": now,
+        "cost_breakdown": None if fact.cost_breakdown is None else json.dumps(fact.cost_breakdown),
+        "ingest_batch": fact.ingest_batch_id,
+        "batch_position": fact.batch_position,
+        "spend_log_request_id": fact.spend_log_request_id,
+    }
+
+
+def _insert_receipts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """INSERT … ON CONFLICT DO NOTHING; returns {source_reference: receipt id} of new receipts."""
+    inserted: dict[str, int] = {}
+    sql = _receipt_insert_sql()
+    connection.ensure_connection()
+    # A server-binding cursor on Django's connection (same transaction): the parameters travel apart
+    # from the SQL instead of being quoted into it; wrap_database_errors gives Django's exceptions.
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            cursor.execute(sql, [[row[f.name] for row in chunk] for f in _RECEIPT_FIELDS])
+            inserted.update({ref: pk for pk, ref in cursor.fetchall()})
+    return inserted
+
+
+def _existing_receipts(references: Iterable[str]) -> dict[str, int]:
+    refs = list(references)
+    if not refs:
+        return {}
+    return dict(
+        ChargeReceipt.objects.filter(source_system=SOURCE_SYSTEM, source_reference__in=refs).values_list(
+            "source_reference", "id"
+        )
+    )
+
+
+def _payer_accounts(facts: Sequence[UsageFact]) -> list[int | None]:
+    """The paying account of each fact, or None when no binding decides it."""
+    aliases = dict(
+        EndUserAlias.objects.filter(end_user__in={f.end_user for f in facts if f.end_user}).values_list(
+            "end_user", "account_id"
+        )
+    )
+    return [aliases.get(f.end_user) if f.end_user else None for f in facts]
+
+
+def commit_usage_fact(*, fact: UsageFact) -> CommitOutcome:
+    """Bill one usage fact: one receipt and one usage debit, or nothing if it was billed before."""
+    return commit_usage_facts(facts=[fact])[0]
+
+
+@transaction.atomic
+def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
+    """Bill facts in one transaction; the outcomes are in the order of `facts`.
+
+    Idempotent by (source_system, source_reference): a fact already billed,
+    by this batch, an earlier one or a concurrent one, is a "duplicate".
+    Facts whose payer no binding decides are deferred (never guessed).
+    Receipts are inserted in source_reference order and debits in account
+    order, so concurrent batches cannot deadlock. Every value was judged
+    before it got here (receipts.usage), so the database has nothing to refuse.
+    """
+    if any(f.cost_usd is None for f in facts):
+        raise ValueError("commit_usage_facts() bills facts with a known cost only")
+    now = timezone.now()
+    rate = current_charge_rate()
+    payers = _payer_accounts(facts)
+    first_by_ref: dict[str, tuple[UsageFact, int]] = {}
+    unknown_payer: list[UsageFact] = []
+    for fact, account_id in zip(facts, payers, strict=True):
+        if account_id is None:
+            unknown_payer.append(fact)
+        else:
+            first_by_ref.setdefault(fact.source_reference, (fact, account_id))
+
+    ordered = sorted(first_by_ref.values(), key=lambda pair: pair[0].source_reference)
+    charged = {f.source_reference: rate.credits_for(f.cost_usd) for f, _ in ordered}  # type: ignore[arg-type]
+    inserted = _insert_receipts(
+        [
+            _receipt_row(f, account_id=account, rate=rate, charged=charged[f.source_reference], now=now)
+            for f, account in ordered
+        ]
+    )
+    new = [(f, account) for f, account in ordered if f.source_reference in inserted]
+    CreditLedgerEntry.objects.bulk_create(
+        [
+            CreditLedgerEntry(
+                account_id=account,
+                amount_credits=-charged[f.source_reference],
+                reason=CreditLedgerEntry.Reason.USAGE,
+                receipt_id=inserted[f.source_reference],
+                created_at=now,
+            )
+            for f, account in sorted(new, key=lambda pair: (pair[1], inserted[pair[0].source_reference]))
+        ],
+        batch_size=_CHUNK,
+    )
+    known = {**_existing_receipts(set(first_by_ref) - set(inserted)), **inserted}
+    close_open_deferrals(references=list(known))
+    if inserted:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_notify(%s, call_id) FROM unnest(%s::text[]) AS call_id",
+                [RECEIPT_CHANNEL, sorted({f.litellm_call_id for f, _ in new})],
+            )
+    if unknown_payer:
+        defer_usage(
+            items=[
+                NotBillable(
+                    kind="deferred",
+                    reason=DeferredUsage.Reason.UNKNOWN_END_USER,
+                    detail=f"no billing account has the end user {f.end_user!r}"
+                    if f.end_user
+                    else "the record names no end user",
+                    litellm_call_id=f.litellm_call_id,
+                    fact=f,
+                    ingest_batch_id=f.ingest_batch_id,
+                    batch_position=f.batch_position,
+                )
+                for f in unknown_payer
+            ]
+        )
+
+    outcomes = []
+    claimed: set[str] = set()
+    for fact, account_id in zip(facts, payers, strict=True):
+        ref = fact.source_reference
+        if account_id is None:
+            outcomes.append(CommitOutcome("deferred", fact.litellm_call_id, reason="unknown_end_user"))
+        elif ref in inserted and ref not in claimed:
+            claimed.add(ref)
+            outcomes.append(CommitOutcome("processed", fact.litellm_call_id, inserted[ref]))
+        else:
+            outcomes.append(CommitOutcome("duplicate", fact.litellm_call_id, known.get(ref)))
+    suspects = sum(1 for f, _ in new if f.zero_cost_suspect)
+    transaction.on_commit(lambda: _count_outcomes(outcomes, suspects))
+    return outcomes
+
+
+def _count_outcomes(outcomes: Sequence[CommitOutcome], suspects: int) -> None:
+    for outcome in outcomes:
+        metrics.receipts_total.labels(outcome=outcome.outcome).inc()
+    if suspects:
+        metrics.zero_cost_suspect_total.inc(suspects)
+
+
+def close_open_deferrals(*, references: list[str]) -> None:
+    """A deferred record that is now billed (late callback, backfill) stops waiting."""
+    if not references:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {DeferredUsage._meta.db_table} AS d
+               SET status = %s, receipt_id = r.id, updated_at = now(), next_attempt_at = NULL
+              FROM {ChargeReceipt._meta.db_table} AS r
+             WHERE d.status = ANY(%s)
+               AND d.source_system = %s
+               AND d.source_reference = ANY(%s)
+               AND r.source_system = d.source_system
+               AND r.source_reference = d.source_reference
+            """,
+            [DeferredUsage.Status.BILLED, list(DeferredUsage.OPEN_STATUSES), SOURCE_SYSTEM, references],
+        )

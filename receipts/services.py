@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from accounts.models import CreditLedgerEntry, EndUserAlias
 from accounts.money import usd_to_credits
+from integrations.litellm.client import LiteLLMClient, LiteLLMError
 from receipts import metrics
 from receipts.exactjson import dumps_exact
 from receipts.models import ChargeReceipt, DeferredUsage, IngestBatch
@@ -444,9 +445,6 @@ def retry_deferred_usage(*, deferred: DeferredUsage, record: dict[str, Any] | No
 
 def _record_with_litellm_cost(record: dict[str, Any], judged: NotBillable) -> tuple[dict[str, Any], str]:
     """The record with the cost LiteLLM's spend logs know for it, or the record and why not."""
-
-    from receipts.litellm_client import LiteLLMClient, LiteLLMError
-
     if not judged.litellm_call_id:
         return record, "the record has no litellm_call_id to look its cost up by"
     if not settings.LITELLM_MASTER_KEY:

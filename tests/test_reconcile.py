@@ -27,18 +27,12 @@ from accounts.money import usd_to_credits
 from accounts.selectors import ledger_sum
 from invoices.models import LedgerDailySummary
 from receipts.models import ChargeReceipt, DeferredUsage
-from receipts.reconcile import (
-    KINDS,
-    ReconcileInputError,
-    Window,
-    default_window,
-    run_reconcile,
-    scheduled_window,
-    spend_log_record,
-    window_from_options,
-)
 from receipts.services import ingest_usage_records
 from receipts.usage import parse_usage_record
+from reconciliation.backfill import spend_log_record
+from reconciliation.report import KINDS
+from reconciliation.services import reconcile as run_reconcile
+from reconciliation.window import ReconcileInputError, Window, default_window, scheduled_window, window_from_options
 from tests.factories import BillingAccountFactory, EndUserAliasFactory, litellm_record
 from tests.litellm_standin import MASTER_KEY, SpendLogStandIn, spend_log_row
 

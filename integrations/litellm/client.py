@@ -31,8 +31,6 @@ the pages, `float_hook=Decimal` for the untyped single-call lookups.
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -245,11 +243,10 @@ class LiteLLMClient:
     ) -> SpendLogPage:
         """One `/spend/logs/v2` page of `end_user`'s rows with start <= startTime <= end.
 
-        LiteLLM matches the `end_user` column exactly and still requires the
-        window; `total` counts that end user's rows of the window only.
+        LiteLLM matches the `end_user` column exactly (an empty string selects
+        the calls without an end user) and still requires the window; `total`
+        counts that end user's rows of the window only.
         """
-        if not end_user:
-            raise ValueError("end_user must be non-empty: LiteLLM ignores an empty filter and serves every row")
         return self._v2_page(start=start, end=end, page=page, page_size=page_size, filters={"end_user": end_user})
 
     def _v2_page(
@@ -270,12 +267,3 @@ class LiteLLMClient:
             return _page_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise LiteLLMError(f"LiteLLM's /spend/logs/v2 page {page} has an unexpected shape: {exc}") from exc
-
-
-@contextmanager
-def litellm_client(**kwargs: Any) -> Iterator[LiteLLMClient]:
-    client = LiteLLMClient(**kwargs)
-    try:
-        yield client
-    finally:
-        client.close()

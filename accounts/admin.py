@@ -26,6 +26,7 @@ from accounts.money import credits_per_usd, credits_to_usd
 from accounts.services import GRANT_REASONS, billing_account_create, end_user_alias_create, grant_credits
 from billing_project.admin_mixins import ReadOnlyMixin
 from billing_project.admin_tools import EstimatedCountPaginator, InputListFilter
+from receipts.models import ChargeReceipt
 
 admin.site.site_header = "LLM usage billing"
 admin.site.site_title = "LLM usage billing admin"
@@ -321,8 +322,6 @@ class CreditLedgerEntryAdmin(ReadOnlyMixin, admin.ModelAdmin):
         term = search_term.strip()
         if not term:
             return queryset, False
-        from receipts.models import ChargeReceipt
-
         # Resolve call ids first, so both halves of the OR are index lookups on this table.
         receipt_ids = list(ChargeReceipt.objects.filter(litellm_call_id=term).values_list("id", flat=True)[:100])
         return queryset.filter(Q(idempotency_key=term) | Q(receipt_id__in=receipt_ids)), False

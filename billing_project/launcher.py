@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from billing_project.embedded_pg import start_embedded_postgres
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / ".data"
 
@@ -39,8 +41,6 @@ def main() -> int:
     env = os.environ.copy()
     server = None
     if not env.get("DATABASE_URL"):
-        from billing_project.embedded_pg import start_embedded_postgres
-
         server, env["DATABASE_URL"] = start_embedded_postgres(data_dir=DATA_DIR / "postgres")
         print(f"bin/run: embedded PostgreSQL at {env['DATABASE_URL']}")
     metrics_dir = DATA_DIR / "prometheus"

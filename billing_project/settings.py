@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "accounts",
     "receipts",
     "invoices",
+    "reconciliation",
 ]
 
 MIDDLEWARE = [
@@ -162,7 +163,7 @@ BILLING_DEFERRED_SWEEP_SECONDS = env.int("BILLING_DEFERRED_SWEEP_SECONDS", defau
 BILLING_DEFERRED_SWEEP_BATCH = env.int("BILLING_DEFERRED_SWEEP_BATCH", default=500)
 BILLING_DEFERRED_CLAIM_SECONDS = env.int("BILLING_DEFERRED_CLAIM_SECONDS", default=6 * 60)
 
-# `manage.py reconcile` and its scheduled twin (receipts/reconcile.py).
+# `manage.py reconcile` and its scheduled twin (the reconciliation app).
 # The schedule checks the trailing BILLING_RECONCILE_WINDOW_SECONDS that ended
 # BILLING_RECONCILE_LAG_SECONDS ago (LiteLLM writes its spend logs in batches),
 # every BILLING_RECONCILE_SECONDS; it backfills missing receipts only when
@@ -210,7 +211,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=BILLING_DEFERRED_SWEEP_SECONDS),
     },
     "reconcile-books": {
-        "task": "receipts.tasks.reconcile_books",
+        "task": "reconciliation.tasks.reconcile_books",
         "schedule": timedelta(seconds=BILLING_RECONCILE_SECONDS),
     },
 }

@@ -1,8 +1,8 @@
 """Celery tasks: thin, they take ids and call services.
 
-With a broker (CELERY_BROKER_URL) Celery beat runs `sweep_deferred_usage` and
-`reconcile_books` on the schedule in settings.CELERY_BEAT_SCHEDULE and the
-sweep hands each due record to `retry_deferred` on the workers. Without one,
+With a broker (CELERY_BROKER_URL) Celery beat runs `sweep_deferred_usage` (and
+reconciliation.tasks.reconcile_books) on the schedule in settings.CELERY_BEAT_SCHEDULE
+and the sweep hands each due record to `retry_deferred` on the workers. Without one,
 `manage.py billing_worker` runs the same two functions on the same schedule
 and the sweep retries each record in-process.
 
@@ -109,20 +109,3 @@ def sweep_deferred_usage(self: Any) -> int:
     if ids:
         logger.info("deferred usage sweep: %d record(s) due", len(ids))
     return len(ids)
-
-
-@shared_task(bind=True, max_retries=2)
-def reconcile_books(self: Any) -> dict[str, Any]:
-    """The scheduled reconcile: in-book checks always, LiteLLM's spend logs when a master key is set."""
-    from receipts.reconcile import run_scheduled_reconcile
-
-    try:
-        report = run_scheduled_reconcile()
-    except (OperationalError, InterfaceError) as exc:
-        raise self.retry(exc=exc, countdown=60) from exc
-    summary = report.summary()
-    if report.exit_code:
-        logger.warning("scheduled reconcile: %s", summary)
-    else:
-        logger.info("scheduled reconcile: %s", summary)
-    return summary

@@ -14,7 +14,9 @@ spend_tracking_utils.get_logging_payload):
   the `_SPEND_LOG_LIST_COLUMNS` of each row (metadata hydrated into an
   object), `start_date`/`end_date` inclusive ("YYYY-MM-DD[ HH:MM:SS]", UTC),
   `page_size` at most 1000, OFFSET pages ordered by startTime alone, and
-  `total` capped at 10,000 (`total_is_capped`).
+  `total` capped at 10,000 (`total_is_capped`). With `end_user=X` only the rows
+  whose end_user equals X are paged and counted (LiteLLM adds `end_user = $n`
+  to the WHERE clause of both queries; an empty X matches rows without one).
 - `Authorization: Bearer <master key>`, else 401 like LiteLLM's auth.
 
 Test hooks: `fail_next()` answers the next requests with an error status,
@@ -231,9 +233,17 @@ def list_row(row: dict[str, Any]) -> dict[str, Any]:
 
 class RowSource(Protocol):
     def page(
-        self, *, start: datetime, end: datetime, ascending: bool, offset: int, limit: int, cap: int
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        ascending: bool,
+        offset: int,
+        limit: int,
+        cap: int,
+        end_user: str | None = None,
     ) -> tuple[bytes, int]:
-        """(the JSON array of the page's list rows, the count of matches up to cap + 1)."""
+        """(the JSON array of the page's list rows, the count of matches up to cap + 1); end_user: equal to it."""
 
     def by_request_id(self, key: str) -> bytes:
         """The JSON array of whole rows whose request_id or litellm_call_id is `key`."""
@@ -246,10 +256,22 @@ class MemorySource:
         self.standin = standin
 
     def page(
-        self, *, start: datetime, end: datetime, ascending: bool, offset: int, limit: int, cap: int
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        ascending: bool,
+        offset: int,
+        limit: int,
+        cap: int,
+        end_user: str | None = None,
     ) -> tuple[bytes, int]:
         with self.standin.lock:
-            matches = [r for r in self.standin.rows if start <= r["startTime"] <= end]
+            matches = [
+                r
+                for r in self.standin.rows
+                if start <= r["startTime"] <= end and (end_user is None or r["end_user"] == end_user)
+            ]
         if self.standin.unstable_ties:
             random.Random(self.standin.requests_served).shuffle(matches)
         matches.sort(key=lambda r: r["startTime"], reverse=not ascending)
@@ -295,7 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         standin = self.server.standin
         url = urlsplit(self.path)
-        params = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        # keep_blank_values: FastAPI passes `end_user=` on as "" (a filter), not as absent.
+        params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         with standin.lock:
             standin.requests_served += 1
             standin.requests.append((url.path, params))
@@ -341,6 +364,7 @@ class _Handler(BaseHTTPRequestHandler):
             offset=(page - 1) * page_size,
             limit=page_size,
             cap=standin.count_cap,
+            end_user=params.get("end_user"),
         )
         capped = count > standin.count_cap
         total = standin.count_cap if capped else count

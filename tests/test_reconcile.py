@@ -18,27 +18,21 @@ from typing import Any
 import pytest
 import yaml
 from django.core.management import call_command
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
 from accounts.models import BillingAccount, CreditLedgerEntry
-from accounts.money import usd_to_credits
+from accounts.money import current_charge_rate, usd_to_credits
 from accounts.selectors import ledger_sum
 from invoices.models import LedgerDailySummary
 from receipts.models import ChargeReceipt, DeferredUsage
-from receipts.reconcile import (
-    KINDS,
-    ReconcileInputError,
-    Window,
-    default_window,
-    run_reconcile,
-    scheduled_window,
-    spend_log_record,
-    window_from_options,
-)
 from receipts.services import ingest_usage_records
 from receipts.usage import parse_usage_record
+from reconciliation.backfill import spend_log_record
+from reconciliation.report import KINDS
+from reconciliation.services import reconcile as run_reconcile
+from reconciliation.window import ReconcileInputError, Window, default_window, scheduled_window, window_from_options
 from tests.factories import BillingAccountFactory, EndUserAliasFactory, litellm_record
 from tests.litellm_standin import MASTER_KEY, SpendLogStandIn, spend_log_row
 
@@ -143,7 +137,16 @@ def insert_receipt_without_debit(
 ) -> ChargeReceipt:
     """A receipt written behind commit_usage_fact()'s back (what the orphan and credits checks must catch)."""
     fact = parse_usage_record(record)
+    rate = current_charge_rate()
+    if charged_credits is not None:
+        # A receipt charged before the database checked each charge against its rate (the CHECK is NOT VALID
+        # for old rows): only such a row can disagree with its rate.
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # ALTER TABLE needs no pending trigger events
+            cursor.execute("ALTER TABLE receipts_chargereceipt DROP CONSTRAINT receipt_charged_at_its_rate")
     return ChargeReceipt.objects.create(
+        credits_per_usd=rate.credits_per_usd,
+        markup=rate.markup,
         account=account,
         source_reference=fact.source_reference,
         litellm_call_id=fact.litellm_call_id,
@@ -157,7 +160,6 @@ def insert_receipt_without_debit(
         started_at=fact.started_at,
         ended_at=fact.ended_at,
         created_at=timezone.now(),
-        raw_record=fact.record,
     )
 
 
@@ -285,7 +287,7 @@ def test_apply_backfills_missing_receipts_and_a_second_run_is_clean(standin, acc
     assert receipt.source_reference == f"{plain['litellm_call_id']}/0/{plain['litellm_call_id']}"
     assert receipt.api_key_hash == plain["api_key"]
     assert receipt.started_at == plain["startTime"]
-    assert receipt.raw_record["billing_source"] == {"litellm_spend_log_request_id": plain["request_id"]}
+    assert receipt.spend_log_request_id == plain["request_id"] and receipt.ingest_batch_id is None
     tagged_receipt = ChargeReceipt.objects.get(litellm_call_id=tagged["litellm_call_id"])
     assert tagged_receipt.source_reference == f"run-9/1/{tagged['litellm_call_id']}"
     assert ChargeReceipt.objects.get(litellm_call_id=partial["litellm_call_id"]).status == "failure"
@@ -647,3 +649,39 @@ def test_alert_rules_name_metrics_that_exist():
     assert any('kind="missing_receipt"' in expr for expr in exprs)
     assert any('reason="deferred_expired"' in expr for expr in exprs)
     assert any('outcome="source_error"' in expr for expr in exprs)
+
+
+def test_a_rate_change_does_not_make_old_receipts_look_wrong(account, settings):
+    """Each receipt carries the rate it was charged at; credits_mismatch checks it against that rate."""
+    at_old_rate = litellm_record(startTime=_epoch(CALL_TIME), endTime=_epoch(CALL_TIME))
+    ingest_usage_records(records=[at_old_rate])
+    settings.CREDITS_PER_USD = 2_000_000
+    settings.BILLING_MARKUP = "1.5"
+    at_new_rate = litellm_record(startTime=_epoch(CALL_TIME), endTime=_epoch(CALL_TIME))
+    ingest_usage_records(records=[at_new_rate])
+
+    old = ChargeReceipt.objects.get(litellm_call_id=at_old_rate["litellm_call_id"])
+    new = ChargeReceipt.objects.get(litellm_call_id=at_new_rate["litellm_call_id"])
+    assert (old.credits_per_usd, old.markup, old.charged_credits) == (Decimal(1_000_000), Decimal(1), 14)
+    assert (new.credits_per_usd, new.markup, new.charged_credits) == (Decimal(2_000_000), Decimal("1.5"), 41)
+    code, report, _ = reconcile("--books-only")
+    assert code == 0, report
+    assert "credits_mismatch" not in found(report)
+
+
+def test_the_database_refuses_a_charge_that_disagrees_with_its_rate(account):
+    """receipt_charged_at_its_rate: raw SQL cannot store credits other than ceil(cost × rate × markup)."""
+    ingest_usage_records(records=[litellm_record()])
+    receipt = ChargeReceipt.objects.get()
+    columns = [
+        f.column for f in ChargeReceipt._meta.concrete_fields if not f.primary_key and f.column != "source_reference"
+    ]
+    names = ", ".join(columns)
+    with pytest.raises(IntegrityError, match="receipt_charged_at_its_rate"), transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO receipts_chargereceipt (source_reference, {names}) "
+                f"SELECT 'another/0/ref', {names.replace('charged_credits', 'charged_credits - 1')} "
+                "FROM receipts_chargereceipt WHERE id = %s",
+                [receipt.pk],
+            )

@@ -13,8 +13,8 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from integrations.litellm.client import LiteLLMClient, LiteLLMError
 from receipts import metrics
-from receipts.litellm_client import LiteLLMClient, LiteLLMError  # MERGE: integrations.litellm.client
 from receipts.models import DeferredUsage
 from receipts.selectors import deferred_due
 from receipts.services.billing import CommitOutcome, commit_usage_fact

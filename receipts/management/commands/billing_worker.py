@@ -17,7 +17,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections, connection
 
-from receipts.tasks import reconcile_books, sweep_deferred_usage
+from receipts.tasks import sweep_deferred_usage
+from reconciliation.tasks import reconcile_books
 
 logger = logging.getLogger("receipts.billing_worker")
 

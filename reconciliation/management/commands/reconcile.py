@@ -1,7 +1,7 @@
 """`python manage.py reconcile`: compare receipts with LiteLLM's spend logs and the books with themselves.
 
 Exit status: 0 clean, 1 discrepancies (what is left after --apply), 2 a source could not be read.
-The checks and kinds are described in receipts/reconcile.py.
+The checks and kinds are described in reconciliation/checks.py and reconciliation/sql/.
 """
 
 import sys
@@ -10,15 +10,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError
 
-from receipts.exactjson import dumps_exact
-from receipts.reconcile import (
-    KINDS,
-    ReconcileInputError,
-    ReconcileReport,
-    resolve_account,
-    run_reconcile,
-    window_from_options,
-)
+from reconciliation.report import as_json, as_text
+from reconciliation.selectors import resolve_account
+from reconciliation.services import reconcile
+from reconciliation.window import ReconcileInputError, window_from_options
 
 
 class Command(BaseCommand):
@@ -52,7 +47,7 @@ class Command(BaseCommand):
             self.stderr.write(f"reconcile: {exc}")
             sys.exit(2)
         try:
-            report = run_reconcile(
+            report = reconcile(
                 window=window,
                 account=account,
                 apply=options["apply"],
@@ -64,39 +59,10 @@ class Command(BaseCommand):
             self.stderr.write(f"reconcile: the database could not be read: {exc}")
             sys.exit(2)
         if options["json"]:
-            self.stdout.write(dumps_exact(report.as_dict()))
+            self.stdout.write(as_json(report))
             for error in report.errors:
                 self.stderr.write(f"reconcile: {error['source']} could not be read: {error['reason']}")
         else:
-            self._print(report)
+            for line in as_text(report, self.style):
+                self.stdout.write(line)
         sys.exit(report.exit_code)
-
-    def _print(self, report: ReconcileReport) -> None:
-        out = self.stdout
-        window = report.window.as_dict()
-        mode = "apply" if report.apply else "dry run"
-        scope = f", account {report.account.public_id}" if report.account else ""
-        out.write(f"Reconcile {window['since']} .. {window['until']} ({mode}{scope})")
-        if report.litellm_checked:
-            out.write(f"LiteLLM spend-log rows read: {report.spend_log_rows}")
-        else:
-            out.write("LiteLLM spend logs: not checked (--books-only)")
-        for error in report.errors:
-            out.write(self.style.ERROR(f"source {error['source']} could not be read: {error['reason']}"))
-        out.write(f"{'kind':<20} {'found':>8} {'remaining':>10}")
-        for kind in KINDS:
-            out.write(f"{kind:<20} {report.found[kind]:>8} {report.remaining[kind]:>10}")
-        if report.backfill:
-            out.write("backfill: " + ", ".join(f"{k} {v}" for k, v in report.backfill.items()))
-        for kind in KINDS:
-            items = report.items[kind]
-            if not items:
-                continue
-            shown = f" (first {len(items)})" if len(items) < report.found[kind] else ""
-            out.write(f"\n{kind}{shown}:")
-            for item in items:
-                detail = {k: v for k, v in item.items() if k != "kind" and v is not None}
-                out.write("  " + dumps_exact(detail))
-        verdict = {0: "clean", 1: "discrepancies found", 2: "a source could not be read"}[report.exit_code]
-        style = self.style.SUCCESS if report.exit_code == 0 else self.style.ERROR
-        out.write(style(f"\nResult: {verdict} (exit {report.exit_code}) in {report.duration_seconds:.1f}s"))

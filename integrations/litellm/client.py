@@ -1,4 +1,4 @@
-"""HTTP client of LiteLLM's spend-log API (pinned litellm[proxy]==1.108.7).
+"""The one HTTP client of LiteLLM (pinned litellm[proxy]==1.108.7): every call billing makes to it.
 
 What the pinned source serves (litellm/proxy/spend_tracking/spend_management_endpoints.py):
 
@@ -20,16 +20,17 @@ What the pinned source serves (litellm/proxy/spend_tracking/spend_management_end
   the `SpendLogsMetadata` JSON that LiteLLM stores as a string; the v2 route
   hydrates it into an object, the v1 route returns the stored value. Both
   forms are accepted here.
+- The same v2 route with `end_user=X`: only the rows whose `end_user`
+  column equals X (an exact match, ANDed with the required start/end window;
+  `ui_view_spend_logs` adds `end_user = $n` to its WHERE clause).
 
-Money is parsed from the JSON text into Decimal: `loads_exact` for the small
-single-call lookups, msgspec (which reads a JSON number's digits into a
-Decimal, never through a float) for the pages of the reconciler.
+Money is parsed from the JSON text into Decimal with msgspec, which reads a
+JSON number's digits into a Decimal, never through a float: typed structs for
+the pages, `float_hook=Decimal` for the untyped single-call lookups.
 """
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -38,8 +39,6 @@ from typing import Any
 import httpx
 import msgspec
 from django.conf import settings
-
-from receipts.exactjson import loads_exact
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +103,8 @@ class SpendLogPage(msgspec.Struct):
 
 
 _page_decoder = msgspec.json.Decoder(SpendLogPage)
+# Whole v1 rows, untyped: every JSON float becomes a Decimal from its digits (ints stay ints).
+_rows_decoder = msgspec.json.Decoder(float_hook=Decimal)
 _metadata_decoder = msgspec.json.Decoder(SpendLogMetadata)
 _EMPTY_METADATA = SpendLogMetadata()
 
@@ -200,8 +201,8 @@ class LiteLLMClient:
         """`/spend/logs?request_id=`: the rows whose request_id or litellm_call_id is `request_id`."""
         body = self._get("/spend/logs", {"request_id": request_id})
         try:
-            rows = loads_exact(body)
-        except ValueError as exc:
+            rows = _rows_decoder.decode(body)
+        except msgspec.DecodeError as exc:
             raise LiteLLMError(f"LiteLLM's /spend/logs answer is not JSON: {exc}") from exc
         if not isinstance(rows, list):
             raise LiteLLMError(f"LiteLLM's /spend/logs answer is not a list but {type(rows).__name__}")
@@ -233,7 +234,25 @@ class LiteLLMClient:
 
     def spend_log_page(self, *, start: datetime, end: datetime, page: int, page_size: int) -> SpendLogPage:
         """One `/spend/logs/v2` page of the rows with start <= startTime <= end (whole seconds, UTC)."""
-        params = {
+        return self._v2_page(start=start, end=end, page=page, page_size=page_size, filters={})
+
+    # --- one end user's calls (per-run reconcile) -----------------------------------------------
+
+    def end_user_spend_log_page(
+        self, *, end_user: str, start: datetime, end: datetime, page: int = 1, page_size: int = PAGE_SIZE_MAX
+    ) -> SpendLogPage:
+        """One `/spend/logs/v2` page of `end_user`'s rows with start <= startTime <= end.
+
+        LiteLLM matches the `end_user` column exactly (an empty string selects
+        the calls without an end user) and still requires the window; `total`
+        counts that end user's rows of the window only.
+        """
+        return self._v2_page(start=start, end=end, page=page, page_size=page_size, filters={"end_user": end_user})
+
+    def _v2_page(
+        self, *, start: datetime, end: datetime, page: int, page_size: int, filters: dict[str, str]
+    ) -> SpendLogPage:
+        params: dict[str, Any] = {
             "start_date": _litellm_time(start),
             "end_date": _litellm_time(end),
             "page": page,
@@ -241,18 +260,10 @@ class LiteLLMClient:
             "sort_by": "startTime",
             "sort_order": "asc",
             "exclude_internal_health_checks": "true",
+            **filters,
         }
         body = self._get("/spend/logs/v2", params)
         try:
             return _page_decoder.decode(body)
         except msgspec.DecodeError as exc:
             raise LiteLLMError(f"LiteLLM's /spend/logs/v2 page {page} has an unexpected shape: {exc}") from exc
-
-
-@contextmanager
-def litellm_client(**kwargs: Any) -> Iterator[LiteLLMClient]:
-    client = LiteLLMClient(**kwargs)
-    try:
-        yield client
-    finally:
-        client.close()

@@ -1,0 +1,1 @@
+"""Clients of the systems billing talks to (not a Django app)."""

@@ -1,0 +1,1 @@
+"""LiteLLM: every HTTP call billing makes to the proxy goes through client.py."""

@@ -1,0 +1,80 @@
+"""The discrepancy checks: each one set-wise SQL statement (sql/<name>.sql) inserting into reconcile_found.
+
+Against LiteLLM (its spend logs of the window in reconcile_rows, matched by
+`litellm_call_id`, by `request_id` only for rows that have no call id):
+missing_receipt, cost_mismatch, unknown_to_litellm. Inside the books:
+balance_drift, orphan_usage, credits_mismatch, summary_drift, invoice_identity.
+Each .sql file says what its kind means; parameters are named (%(since)s ...).
+"""
+
+from datetime import UTC, date, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from accounts.models import BillingAccount
+from reconciliation.window import Window, month_bounds
+
+_SQL_DIR = Path(__file__).resolve().parent / "sql"
+
+# Receipts are first matched among those started near the window (an index
+# range: a receipt's startTime is the spend log's); rows still unmatched are
+# then looked up by call id across all time, one index probe each.
+NEAR = timedelta(minutes=10)
+
+TEMP_TABLES = ("reconcile_found", "reconcile_diff", "reconcile_rows")
+
+
+@cache
+def sql(name: str) -> str:
+    """The statement in sql/<name>.sql."""
+    return (_SQL_DIR / f"{name}.sql").read_text()
+
+
+def create_found_table(cursor: Any) -> None:
+    cursor.execute(sql("reconcile_found"))
+
+
+def compare_with_litellm(cursor: Any, window: Window, account: BillingAccount | None) -> None:
+    """missing_receipt, cost_mismatch, unknown_to_litellm: receipts against reconcile_rows."""
+    params = {
+        "since": window.since,
+        "until": window.until,
+        "near_from": window.since - NEAR,
+        "near_to": window.until + NEAR,
+        "account": account.pk if account else None,
+    }
+    cursor.execute(sql("litellm_diff"), params)
+    cursor.execute(sql("litellm_diff_lookup"))
+    for name in ("missing_receipt", "cost_mismatch", "unknown_to_litellm"):
+        cursor.execute(sql(name), params)
+
+
+def check_books(cursor: Any, window: Window, account: BillingAccount | None) -> None:
+    """balance_drift, orphan_usage, credits_mismatch, summary_drift, invoice_identity."""
+    first_day = window.since.astimezone(UTC).date()
+    last_day = (window.until - timedelta(microseconds=1)).astimezone(UTC).date()
+    params = {
+        "since": window.since,
+        "until": window.until,
+        "account": account.pk if account else None,
+        "first_day": first_day,
+        "last_day": last_day,
+        "days_from": _midnight(first_day),
+        "days_to": _midnight(last_day + timedelta(days=1)),
+    }
+    for name in ("balance_drift", "orphan_usage", "receipt_usage", "summary_drift"):
+        cursor.execute(sql(name), params)
+    for month_start, month_end in month_bounds(first_day, last_day):
+        month = {
+            "ms": _midnight(month_start),
+            "me": _midnight(month_end),
+            "ms_day": month_start,
+            "me_day": month_end,
+            "period": month_start.strftime("%Y-%m"),
+        }
+        cursor.execute(sql("invoice_identity"), {**params, **month})
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, datetime.min.time(), tzinfo=UTC)

@@ -1,0 +1,126 @@
+"""reconcile(): receipts against LiteLLM's spend logs, and the books against themselves, for a window.
+
+`python manage.py reconcile` and the scheduled `reconciliation.tasks.reconcile_books`
+both call it. The spend logs of the window are streamed into a temp table
+(spendlogs.py), every check is one set-wise SQL statement (checks.py, sql/),
+--apply backfills missing receipts through commit_usage_facts() (backfill.py),
+and only the first BILLING_RECONCILE_REPORT_LIMIT discrepancies of a kind are
+read back into Python (all are counted; report.py).
+"""
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import DataError, connection, transaction
+
+from accounts.models import BillingAccount
+from integrations.litellm.client import LiteLLMClient, LiteLLMError
+from reconciliation import metrics
+from reconciliation.backfill import backfill
+from reconciliation.checks import TEMP_TABLES, check_books, compare_with_litellm, create_found_table
+from reconciliation.report import BOOK_KINDS, KINDS, ReconcileReport, collect
+from reconciliation.spendlogs import load_spend_logs
+from reconciliation.window import Window, scheduled_window
+
+logger = logging.getLogger(__name__)
+
+
+def reconcile(
+    *,
+    window: Window,
+    account: BillingAccount | None = None,
+    apply: bool = False,
+    include_litellm: bool = True,
+    progress: bool = False,
+    report_limit: int | None = None,
+    client: LiteLLMClient | None = None,
+) -> ReconcileReport:
+    """Run every check of the window; with apply=True backfill missing receipts. Never raises for LiteLLM.
+
+    A LiteLLM that cannot be read is reported in `errors` (exit code 2) and
+    nothing is backfilled; the in-book checks still run. Database errors propagate.
+    """
+    started = time.monotonic()
+    report = ReconcileReport(window=window, account=account, apply=apply, litellm_checked=include_litellm)
+    limit = settings.BILLING_RECONCILE_REPORT_LIMIT if report_limit is None else report_limit
+    timer = _Timer(report.timings)
+    with connection.cursor() as cursor:
+        _drop_temp_tables(cursor)
+        create_found_table(cursor)
+        try:
+            if include_litellm:
+                own_client = client is None
+                client = client or LiteLLMClient()
+                try:
+                    try:
+                        # One transaction: a page PostgreSQL refuses leaves nothing half-loaded.
+                        with timer("read_litellm"), transaction.atomic():
+                            report.spend_log_rows = load_spend_logs(cursor, client, window, progress=progress)
+                    except DataError as exc:
+                        raise LiteLLMError(f"a spend-log row holds a value PostgreSQL refuses: {exc}") from exc
+                    with timer("compare_litellm"):
+                        compare_with_litellm(cursor, window, account)
+                except LiteLLMError as exc:
+                    logger.error("reconcile: LiteLLM's spend logs could not be read: %s", exc)
+                    report.errors.append({"source": "litellm", "reason": str(exc)})
+                finally:
+                    if own_client:
+                        client.close()
+            with timer("books"):
+                check_books(cursor, window, account)
+            if apply and not report.errors:
+                with timer("backfill"):
+                    report.backfill = backfill(cursor)
+            with timer("collect"):
+                collect(cursor, report, limit)
+        finally:
+            _drop_temp_tables(cursor)
+    report.duration_seconds = time.monotonic() - started
+    _publish(report)
+    return report
+
+
+def reconcile_scheduled(*, now: datetime | None = None) -> ReconcileReport:
+    """The beat schedule's run (reconciliation.tasks.reconcile_books and `manage.py billing_worker`)."""
+    include_litellm = bool(settings.LITELLM_MASTER_KEY)
+    if not include_litellm:
+        logger.info("scheduled reconcile: LITELLM_MASTER_KEY is not set; in-book checks only")
+    return reconcile(
+        window=scheduled_window(now), apply=settings.BILLING_RECONCILE_APPLY, include_litellm=include_litellm
+    )
+
+
+def _drop_temp_tables(cursor: Any) -> None:
+    for table in TEMP_TABLES:
+        cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{table}")
+
+
+class _Timer:
+    def __init__(self, into: dict[str, float]) -> None:
+        self.into = into
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.into[name] = self.into.get(name, 0.0) + time.monotonic() - started
+
+
+def _publish(report: ReconcileReport) -> None:
+    for kind in KINDS:
+        if kind in BOOK_KINDS or report.litellm_checked:
+            metrics.reconcile_discrepancies.labels(kind=kind).set(report.remaining.get(kind, 0))
+    metrics.reconcile_runs_total.labels(outcome=report.outcome).inc()
+    metrics.reconcile_duration_seconds.set(report.duration_seconds)
+    metrics.reconcile_rows_total.inc(report.spend_log_rows)
+    now = time.time()
+    metrics.reconcile_last_run_timestamp.set(now)
+    if not report.errors:
+        metrics.reconcile_last_success_timestamp.set(now)

@@ -52,3 +52,13 @@ def usd_to_credits(cost_usd: Decimal) -> int:
 def credits_to_usd(amount_credits: int) -> Decimal:
     """USD value of credits at the configured rate (what a credit costs the customer)."""
     return _CONTEXT.divide(Decimal(amount_credits), credits_per_usd()).quantize(USD_QUANTUM)
+
+
+# Credits columns (amounts, balances, charges) are PostgreSQL bigint: every
+# amount is checked against this range before it reaches the database.
+BIGINT_MIN = -(2**63)
+BIGINT_MAX = 2**63 - 1
+
+
+def fits_bigint(value: int) -> bool:
+    return BIGINT_MIN <= value <= BIGINT_MAX

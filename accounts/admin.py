@@ -20,10 +20,16 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from accounts.exceptions import IdempotencyConflict, InvalidLedgerOperation
+from accounts.exceptions import IdempotencyConflict
 from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
 from accounts.money import credits_per_usd, credits_to_usd
-from accounts.services import GRANT_REASONS, billing_account_create, end_user_alias_create, grant_credits
+from accounts.services import (
+    GRANT_REASONS,
+    InvalidGrant,
+    billing_account_create,
+    end_user_alias_create,
+    grant_credits,
+)
 from billing_project.admin_mixins import ReadOnlyMixin
 from billing_project.admin_tools import EstimatedCountPaginator, InputListFilter
 from receipts.models import ChargeReceipt
@@ -115,17 +121,6 @@ class GrantCreditsForm(forms.Form):
         if not _GRANT_KEY_RE.match(key):
             raise forms.ValidationError("This form is stale or was altered; reload the page.")
         return key
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean()
-        amount, reason = data.get("amount_credits"), data.get("reason")
-        if amount is not None and reason is not None:
-            if reason == CreditLedgerEntry.Reason.ADJUSTMENT:
-                if amount == 0:
-                    self.add_error("amount_credits", "An adjustment must not be 0.")
-            elif amount <= 0:
-                self.add_error("amount_credits", f"A {reason.replace('_', '-')} must be a positive number of credits.")
-        return data
 
 
 @admin.register(BillingAccount)
@@ -239,8 +234,8 @@ class BillingAccountAdmin(admin.ModelAdmin):
         except IdempotencyConflict:
             form.add_error(None, "This form was already used for a different grant. Reload the page to make a new one.")
             return None
-        except InvalidLedgerOperation as exc:
-            form.add_error("amount_credits", str(exc))
+        except InvalidGrant as exc:  # sign and range are judged by the service alone
+            form.add_error(exc.field if exc.field in form.fields else None, str(exc))
             return None
         entry = result.entry
         account.refresh_from_db(fields=["balance_credits"])

@@ -32,10 +32,6 @@ def fits_cost_column(cost_usd: Decimal) -> bool:
     return exponent >= -COST_DECIMAL_PLACES and integer_digits <= COST_MAX_DIGITS - COST_DECIMAL_PLACES
 
 
-# Credits are bigint in the database; anything that would not fit is refused before it gets there.
-MAX_CREDITS = 2**63 - 1
-
-
 def credits_per_usd() -> Decimal:
     return Decimal(settings.CREDITS_PER_USD)
 
@@ -77,3 +73,13 @@ def usd_to_credits(cost_usd: Decimal) -> int:
 def credits_to_usd(amount_credits: int) -> Decimal:
     """USD value of credits at the configured rate (what a credit costs the customer)."""
     return _CONTEXT.divide(Decimal(amount_credits), credits_per_usd()).quantize(USD_QUANTUM)
+
+
+# Credits columns (amounts, balances, charges) are PostgreSQL bigint: every
+# amount is checked against this range before it reaches the database.
+BIGINT_MIN = -(2**63)
+BIGINT_MAX = 2**63 - 1
+
+
+def fits_bigint(value: int) -> bool:
+    return BIGINT_MIN <= value <= BIGINT_MAX

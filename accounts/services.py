@@ -10,15 +10,17 @@ comes through grant_credits().
 from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.exceptions import IdempotencyConflict, InvalidLedgerOperation
 from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
+from accounts.money import BIGINT_MAX, BIGINT_MIN, fits_bigint
 from accounts.signals import payer_binding_created
 
 Reason = CreditLedgerEntry.Reason
 GRANT_REASONS = frozenset({Reason.TOP_UP, Reason.GRANT, Reason.REFUND, Reason.ADJUSTMENT})
+NUMERIC_VALUE_OUT_OF_RANGE = "22003"  # PostgreSQL's SQLSTATE
 
 
 @dataclass(frozen=True)
@@ -27,16 +29,27 @@ class GrantResult:
     created: bool
 
 
-def _validate_grant(*, amount_credits: int, reason: str) -> None:
+class InvalidGrant(InvalidLedgerOperation):
+    """A grant the ledger refuses; `field` names the input at fault (API and admin form show it there)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def validate_grant(*, amount_credits: int, reason: str) -> None:
+    """The one definition of a valid grant (the credits API and the admin form map its InvalidGrant)."""
     if reason not in GRANT_REASONS:
-        raise InvalidLedgerOperation(f"reason must be one of {sorted(GRANT_REASONS)}, got {reason!r}")
+        raise InvalidGrant(f"reason must be one of {sorted(GRANT_REASONS)}, got {reason!r}", field="reason")
     if not isinstance(amount_credits, int) or isinstance(amount_credits, bool):
-        raise InvalidLedgerOperation("amount_credits must be an integer")
+        raise InvalidGrant("amount_credits must be an integer", field="amount_credits")
+    if not fits_bigint(amount_credits):
+        raise InvalidGrant(f"amount_credits must be between {BIGINT_MIN} and {BIGINT_MAX}", field="amount_credits")
     if reason == Reason.ADJUSTMENT:
         if amount_credits == 0:
-            raise InvalidLedgerOperation("an adjustment must not be 0")
+            raise InvalidGrant("an adjustment must not be 0", field="amount_credits")
     elif amount_credits <= 0:
-        raise InvalidLedgerOperation(f"amount_credits must be positive for {reason}")
+        raise InvalidGrant(f"amount_credits must be positive for {reason}", field="amount_credits")
 
 
 def _same_grant(entry: CreditLedgerEntry, *, account: BillingAccount, amount_credits: int, reason: str) -> bool:
@@ -60,7 +73,7 @@ def grant_credits(
     IdempotencyConflict. Two concurrent calls with one key grant once: the
     second waits on the unique index and then finds the first.
     """
-    _validate_grant(amount_credits=amount_credits, reason=reason)
+    validate_grant(amount_credits=amount_credits, reason=reason)
     key = idempotency_key or None
     if key is not None:
         existing = CreditLedgerEntry.objects.filter(idempotency_key=key).first()
@@ -77,6 +90,15 @@ def grant_credits(
                 created_by=created_by if created_by and created_by.is_authenticated else None,
                 created_at=timezone.now(),
             )
+    except DataError as exc:
+        # The ledger trigger adds the amount to the bigint balance: past its range PostgreSQL refuses.
+        if getattr(exc.__cause__, "sqlstate", None) == NUMERIC_VALUE_OUT_OF_RANGE:
+            raise InvalidGrant(
+                f"amount_credits of {amount_credits} would take the balance of account {account.pk} "
+                f"past the range of {BIGINT_MIN}..{BIGINT_MAX} credits",
+                field="amount_credits",
+            ) from exc
+        raise
     except IntegrityError:
         if key is None:
             raise

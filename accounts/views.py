@@ -5,9 +5,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.exceptions import IdempotencyConflict, InvalidLedgerOperation
+from accounts.exceptions import IdempotencyConflict
 from accounts.models import BillingAccount, CreditLedgerEntry
-from accounts.services import GRANT_REASONS, grant_credits
+from accounts.services import GRANT_REASONS, InvalidGrant, grant_credits
 from billing_project.api import InternalTokenAuthentication, IsInternalService
 
 
@@ -69,8 +69,8 @@ class CreditGrantApi(APIView):
             )
         except IdempotencyConflict as exc:
             return Response({"error": str(exc), "field": "idempotency_key"}, status=status.HTTP_409_CONFLICT)
-        except InvalidLedgerOperation as exc:
-            return Response({"error": str(exc), "field": "amount_credits"}, status=status.HTTP_400_BAD_REQUEST)
+        except InvalidGrant as exc:  # amounts are judged by the service alone (accounts.services.validate_grant)
+            return Response({"error": str(exc), "field": exc.field}, status=status.HTTP_400_BAD_REQUEST)
         account.refresh_from_db(fields=["balance_credits"])
         body = self.OutputSerializer(
             {"entry": result.entry, "balance_credits": account.balance_credits, "created": result.created}

@@ -1,9 +1,12 @@
 """Shared API pieces: the internal bearer token and a JSON error format."""
 
 import hmac
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
@@ -24,24 +27,53 @@ class InternalService:
         return "internal-service"
 
 
+BEARER = b"bearer"
+WWW_AUTHENTICATE = 'Bearer realm="billing-internal"'
+
+
+def internal_bearer_token(request: HttpRequest | Request) -> str:
+    """The caller's `Authorization: Bearer` token when it is BILLING_INGEST_TOKEN (constant-time compare).
+
+    The one check of the internal token: the internal API (InternalTokenAuthentication),
+    /metrics and /api/schema/ all go through it. Raises NotAuthenticated or AuthenticationFailed.
+    """
+    header = get_authorization_header(request).split()
+    if not header:
+        raise exceptions.NotAuthenticated("Missing Authorization: Bearer <token> header.")
+    if header[0].lower() != BEARER or len(header) != 2:
+        raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <token>'.")
+    expected = settings.BILLING_INGEST_TOKEN.encode()
+    if not expected or not hmac.compare_digest(header[1], expected):
+        raise exceptions.AuthenticationFailed("Invalid bearer token.")
+    return header[1].decode()
+
+
+def internal_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Wrap a plain Django view (e.g. django-prometheus' /metrics) so it needs the internal token: 401 otherwise."""
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            internal_bearer_token(request)
+        except exceptions.APIException as exc:
+            response = JsonResponse({"error": str(exc.detail)}, status=401)
+            response["WWW-Authenticate"] = WWW_AUTHENTICATE
+            return response
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
 class InternalTokenAuthentication(BaseAuthentication):
     """`Authorization: Bearer $BILLING_INGEST_TOKEN`, compared in constant time."""
 
-    keyword = b"bearer"
+    keyword = BEARER
 
     def authenticate(self, request: Request) -> tuple[InternalService, str] | None:
-        header = get_authorization_header(request).split()
-        if not header:
-            raise exceptions.NotAuthenticated("Missing Authorization: Bearer <token> header.")
-        if header[0].lower() != self.keyword or len(header) != 2:
-            raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <token>'.")
-        expected = settings.BILLING_INGEST_TOKEN.encode()
-        if not expected or not hmac.compare_digest(header[1], expected):
-            raise exceptions.AuthenticationFailed("Invalid bearer token.")
-        return InternalService(), header[1].decode()
+        return InternalService(), internal_bearer_token(request)
 
     def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="billing-internal"'
+        return WWW_AUTHENTICATE
 
 
 class IsInternalService(BasePermission):

@@ -39,6 +39,10 @@ def main() -> int:
     DATA_DIR.mkdir(exist_ok=True)
     _ensure_env_file()
     env = os.environ.copy()
+    # bin/run serves plain http on 127.0.0.1: no HTTPS redirect, cookies not Secure-only
+    # (README, "Production settings"); the environment still wins.
+    for name in ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"):
+        env.setdefault(name, "false")
     server = None
     if not env.get("DATABASE_URL"):
         server, env["DATABASE_URL"] = start_embedded_postgres(data_dir=DATA_DIR / "postgres")

@@ -1,8 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
+from django_prometheus.exports import ExportToDjangoView
 from drf_spectacular.views import SpectacularAPIView
 
 from accounts.views import CreditGrantApi
+from billing_project.api import internal_only
 from billing_project.health import healthz
 from receipts.views import ReceiptDetailApi, UsageIngestApi
 
@@ -17,7 +19,12 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/internal/billing/", include(internal)),
-    path("api/schema/", SpectacularAPIView.as_view(permission_classes=[]), name="openapi-schema"),
+    # The schema and the metrics describe internals: both need the internal bearer token.
+    path(
+        "api/schema/",
+        internal_only(SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[])),
+        name="openapi-schema",
+    ),
+    path("metrics", internal_only(ExportToDjangoView), name="prometheus-django-metrics"),
     path("", include("invoices.urls")),
-    path("", include("django_prometheus.urls")),
 ]

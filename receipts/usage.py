@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 from msgspec import Raw, Struct
 
-from accounts.money import MAX_CREDITS, current_charge_rate, fits_cost_column
+from accounts.money import current_charge_rate, fits_bigint, fits_cost_column
 from receipts.exactjson import dumps_exact
 from receipts.models import ChargeReceipt
 
@@ -251,7 +251,7 @@ def _cost(record: _Record) -> Decimal | None:
         raise _Invalid("response_cost", f"`response_cost` must not be negative, got {cost}")
     if not fits_cost_column(cost):
         raise _Invalid("response_cost", f"`response_cost` {cost} has more digits than the ledger keeps")
-    if current_charge_rate().credits_for(cost) > MAX_CREDITS:
+    if not fits_bigint(current_charge_rate().credits_for(cost)):
         raise _Invalid("response_cost", f"`response_cost` {cost} is too large to charge in credits")
     return cost
 

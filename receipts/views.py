@@ -9,7 +9,9 @@ from rest_framework.views import APIView
 
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
 from billing_project.api import InternalTokenAuthentication, IsInternalService
+from billing_project.http import RequestBodyError, read_request_body
 from receipts.delivery import BodyError
+from receipts.models import ChargeReceipt
 from receipts.notify import waiter
 from receipts.selectors import open_deferral_for_call, receipt_for_call
 from receipts.services import ingest_delivery
@@ -62,22 +64,14 @@ class UsageIngestApi(APIView):
                 status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                 field="Content-Type",
             )
-        limit = settings.BILLING_INGEST_MAX_BODY_BYTES
         try:
-            declared = int(request.META.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return _error("Content-Length is not a number", status.HTTP_400_BAD_REQUEST, field="Content-Length")
-        if declared > limit:
-            return _error(
-                f"body of {declared} bytes is over the limit of {limit} (BILLING_INGEST_MAX_BODY_BYTES)",
-                status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                field="body",
+            body = read_request_body(
+                request._request,
+                limit=settings.BILLING_INGEST_MAX_BODY_BYTES,
+                limit_name="BILLING_INGEST_MAX_BODY_BYTES",
             )
-        body = request._request.read(limit + 1)
-        if len(body) > limit:
-            return _error(
-                f"body is over the limit of {limit} bytes", status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, field="body"
-            )
+        except RequestBodyError as exc:
+            return _error(str(exc), exc.status_code, field=exc.field)
         try:
             result = ingest_delivery(
                 body=body,
@@ -138,18 +132,31 @@ class ReceiptDetailApi(APIView):
     @extend_schema_serializer(component_name="ReceiptWaitParameters")
     class InputSerializer(serializers.Serializer):
         wait_ms = serializers.IntegerField(required=False, default=0, min_value=0)
+        # From the path. CharField refuses NUL and lone surrogates; the length is the column's.
+        litellm_call_id = serializers.CharField(
+            max_length=ChargeReceipt._meta.get_field("litellm_call_id").max_length, trim_whitespace=False
+        )
 
     @extend_schema(
         parameters=[OpenApiParameter("wait_ms", int, description="Wait up to this long for the receipt (bounded).")],
         responses={
             200: ReceiptOutputSerializer,
+            400: inline_serializer(
+                "ReceiptBadRequest", {"error": serializers.CharField(), "field": serializers.CharField()}
+            ),
             404: inline_serializer(
                 "ReceiptNotBilled", {"error": serializers.CharField(), "status": serializers.CharField()}
             ),
         },
     )
     def get(self, request: Request, litellm_call_id: str) -> Response:
-        params = self.InputSerializer(data=request.query_params)
+        params = self.InputSerializer(data={**request.query_params.dict(), "litellm_call_id": litellm_call_id})
+        if not params.is_valid() and "litellm_call_id" in params.errors:
+            return _error(
+                f"litellm_call_id: {params.errors['litellm_call_id'][0]}",
+                status.HTTP_400_BAD_REQUEST,
+                field="litellm_call_id",
+            )
         params.is_valid(raise_exception=True)
         wait_s = min(params.validated_data["wait_ms"], settings.BILLING_RECEIPT_MAX_WAIT_MS) / 1000
         receipt = receipt_for_call(litellm_call_id=litellm_call_id)

@@ -4,6 +4,7 @@ import threading
 from decimal import Decimal
 
 import pytest
+from django.conf import settings
 from django.db import connection, connections
 from django.test import Client
 from prometheus_client import REGISTRY
@@ -242,7 +243,9 @@ def test_same_records_from_8_concurrent_clients_bill_once(account: BillingAccoun
 
 @pytest.mark.django_db
 def test_openapi_schema_lists_the_internal_endpoints(client: Client) -> None:
-    response = client.get("/api/schema/", HTTP_ACCEPT="application/json")
+    response = client.get(
+        "/api/schema/", HTTP_ACCEPT="application/json", HTTP_AUTHORIZATION=f"Bearer {settings.BILLING_INGEST_TOKEN}"
+    )
     assert response.status_code == 200
     paths = response.json()["paths"]
     for path in (INGEST, "/api/internal/billing/receipts/{litellm_call_id}", "/api/internal/billing/credits"):

@@ -26,3 +26,10 @@ if not os.environ.get("DATABASE_URL"):
 
     _server, os.environ["DATABASE_URL"] = start_embedded_postgres()
     print(f"tests: started a throwaway PostgreSQL ({os.environ['DATABASE_URL']})", file=sys.stderr)
+
+# The suite serves plain http on 127.0.0.1 (test client, live server, gunicorn):
+# turn off the production HTTPS redirect and Secure-only cookies (README,
+# "Production settings"; tests/test_hardening.py checks `check --deploy` with them on).
+os.environ["SECURE_SSL_REDIRECT"] = "false"
+os.environ["SESSION_COOKIE_SECURE"] = "false"
+os.environ["CSRF_COOKIE_SECURE"] = "false"

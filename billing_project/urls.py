@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
-from accounts.views import CreditGrantApi
+from accounts.views import CreditGrantApi, PayerBindingApi, RunRegisterApi
 from billing_project.health import healthz
 from receipts.views import ReceiptDetailApi, UsageIngestApi
 
@@ -10,6 +10,8 @@ internal = [
     path("ingest", UsageIngestApi.as_view(), name="billing-ingest"),
     path("receipts/<str:litellm_call_id>", ReceiptDetailApi.as_view(), name="billing-receipt"),
     path("credits", CreditGrantApi.as_view(), name="billing-credits"),
+    path("runs", RunRegisterApi.as_view(), name="billing-runs"),
+    path("payer-bindings", PayerBindingApi.as_view(), name="billing-payer-bindings"),
 ]
 
 urlpatterns = [

@@ -1,6 +1,7 @@
 """factory_boy factories and a builder of LiteLLM records shaped like the real samples."""
 
 import copy
+import hashlib
 import json
 import uuid
 from decimal import Decimal
@@ -10,7 +11,7 @@ from typing import Any
 import factory
 from django.contrib.auth import get_user_model
 
-from accounts.models import BillingAccount, EndUserAlias
+from accounts.models import ApiKeyBinding, BillingAccount, EndUserAlias, RunBinding, TeamBinding
 from receipts.exactjson import dumps_exact, loads_exact
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -50,6 +51,31 @@ class EndUserAliasFactory(factory.django.DjangoModelFactory):
         model = EndUserAlias
 
     end_user = factory.Sequence(lambda n: f"end-user-{n}")
+    account = factory.SubFactory(BillingAccountFactory)
+
+
+class ApiKeyBindingFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ApiKeyBinding
+
+    key_hash = factory.Sequence(lambda n: hashlib.sha256(f"sk-test-{n}".encode()).hexdigest())
+    account = factory.SubFactory(BillingAccountFactory)
+    is_gateway = False
+
+
+class TeamBindingFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = TeamBinding
+
+    team_id = factory.Sequence(lambda n: f"team-{n}")
+    account = factory.SubFactory(BillingAccountFactory)
+
+
+class RunBindingFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = RunBinding
+
+    run_id = factory.Sequence(lambda n: f"run-{n}")
     account = factory.SubFactory(BillingAccountFactory)
 
 

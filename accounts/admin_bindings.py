@@ -20,7 +20,7 @@ from django.utils.html import format_html
 from accounts.exceptions import BindingConflict, InvalidBinding
 from accounts.litellm_keys import storable_key_hash
 from accounts.models import ApiKeyBinding, RunBinding, TeamBinding
-from accounts.services import api_key_binding_create, run_binding_create, team_binding_create
+from accounts.payer_services import api_key_binding_create, run_binding_create, team_binding_create
 
 
 def _take_row(obj: Model, created: Model) -> None:

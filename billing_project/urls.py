@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
-from accounts.views import CreditGrantApi, PayerBindingApi, RunRegisterApi
+from accounts.payer_views import PayerBindingApi, RunRegisterApi
+from accounts.views import CreditGrantApi
 from billing_project.health import healthz
 from receipts.views import ReceiptDetailApi, UsageIngestApi
 

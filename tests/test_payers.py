@@ -12,14 +12,14 @@ from django.db import IntegrityError, connection, transaction
 from accounts.exceptions import BindingConflict, InvalidBinding
 from accounts.litellm_keys import LITELLM_MASTER_KEY_HASH, litellm_key_hash, storable_key_hash
 from accounts.models import ApiKeyBinding, EndUserAlias, PayerSource, RunBinding, TeamBinding
-from accounts.selectors import PayerDecision, PayerQuery, resolve_payer, resolve_payers, run_id_from_end_user
-from accounts.services import (
+from accounts.payer_services import (
     api_key_binding_create,
     end_user_alias_bind,
-    end_user_alias_create,
     run_binding_create,
     team_binding_create,
 )
+from accounts.selectors import PayerDecision, PayerQuery, resolve_payer, resolve_payers, run_id_from_end_user
+from accounts.services import end_user_alias_create
 from accounts.signals import payer_binding_created
 from tests.factories import (
     ApiKeyBindingFactory,

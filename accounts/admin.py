@@ -20,6 +20,13 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from accounts.admin_bindings import (
+    ApiKeyBindingInline,
+    RunBindingInline,
+    TeamBindingInline,
+    bindings_links,
+    save_binding_formset,
+)
 from accounts.exceptions import IdempotencyConflict
 from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
 from accounts.money import credits_per_usd, credits_to_usd
@@ -127,11 +134,12 @@ class GrantCreditsForm(forms.Form):
 class BillingAccountAdmin(admin.ModelAdmin):
     list_display = ["name", "public_id", "owner", "balance_credits", "balance_usd", "created_at", "grant_link"]
     search_fields = ["name", "=public_id", "aliases__end_user", "owner__username"]
-    fields = ["name", "owner", "public_id", "balance_credits", "balance_usd", "created_at", "books"]
-    readonly_fields = ["public_id", "balance_credits", "balance_usd", "created_at", "books"]
+    fields = ["name", "owner", "public_id", "balance_credits", "balance_usd", "created_at", "books", "payers"]
+    readonly_fields = ["public_id", "balance_credits", "balance_usd", "created_at", "books", "payers"]
     raw_id_fields = ["owner"]
     list_select_related = ["owner"]
-    inlines = [EndUserAliasInline]
+    # Who pays: the account's keys, teams, runs and end-user aliases (accounts/admin_bindings.py).
+    inlines = [ApiKeyBindingInline, TeamBindingInline, RunBindingInline, EndUserAliasInline]
     change_form_template = "admin/accounts/billingaccount/change_form.html"
 
     @admin.display(description="balance (USD)")
@@ -163,7 +171,17 @@ class BillingAccountAdmin(admin.ModelAdmin):
         else:
             _adopt(obj, billing_account_create(name=obj.name, owner=obj.owner))
 
+    def get_inlines(self, request: HttpRequest, obj: Any) -> list:
+        # Keys, teams and runs are bound once the account exists; the add page keeps its alias inline only.
+        return self.inlines if obj is not None else [EndUserAliasInline]
+
+    @admin.display(description="payer bindings")
+    def payers(self, account: BillingAccount) -> str:
+        return bindings_links(account.pk) if account.pk else "-"
+
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if save_binding_formset(request=request, form=form, formset=formset):
+            return
         if formset.model is not EndUserAlias:
             super().save_formset(request, form, formset, change)
             return

@@ -15,3 +15,19 @@ class InvalidLedgerOperation(BillingError):
 
 class UnknownEndUser(BillingError):
     """No billing account owns this LiteLLM end user."""
+
+
+class InvalidBinding(BillingError):
+    """A payer binding value that cannot be stored (empty, too long, control characters...)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class BindingConflict(BillingError):
+    """The value is already bound to another account (or bound differently)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field

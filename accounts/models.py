@@ -112,3 +112,85 @@ class CreditLedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.reason} {self.amount_credits:+d} → {self.balance_after}"
+
+
+# --- Who pays: payer bindings (SERVER_DERIVES_IDENTITY) -------------------------------
+# One binding per value (unique), never empty. Values are matched exactly as LiteLLM logs them.
+BINDING_VALUE_MAX_LENGTH = 255
+
+
+class PayerSource(models.TextChoices):
+    """Which binding decided the payer of a record (stored on receipts as `payer_source`)."""
+
+    KEY = "key", "API key"
+    TEAM = "team", "Team"
+    RUN = "run", "Registered run"
+    END_USER = "end_user", "End-user alias"
+
+
+class ApiKeyBinding(models.Model):
+    """A LiteLLM API key, by the hash LiteLLM logs in `metadata.user_api_key_hash`, bills to an account.
+
+    A gateway key is held by a trusted server that names its own users: its
+    records are billed by their registered run or end-user alias instead.
+    """
+
+    # sha256 hex (64) for sk- keys, but LiteLLM also logs literals such as
+    # `litellm_proxy_master_key` and `hashed-jwt-<sha256>`.
+    key_hash = models.CharField(max_length=BINDING_VALUE_MAX_LENGTH, unique=True)
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="key_bindings")
+    is_gateway = models.BooleanField(
+        default=False,
+        help_text="A trusted server's key: its records bill the registered run or end-user alias they name.",
+    )
+    label = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        verbose_name = "API key binding"
+        constraints = [models.CheckConstraint(condition=~Q(key_hash=""), name="apikeybinding_key_hash_not_empty")]
+
+    def __str__(self) -> str:
+        kind = "gateway key" if self.is_gateway else "key"
+        return f"{kind} {self.key_hash[:12]}…" if len(self.key_hash) > 16 else f"{kind} {self.key_hash}"
+
+
+class TeamBinding(models.Model):
+    """A LiteLLM team (`metadata.user_api_key_team_id`) bills to an account."""
+
+    team_id = models.CharField(max_length=BINDING_VALUE_MAX_LENGTH, unique=True)
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="team_bindings")
+    label = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "team binding"
+        constraints = [models.CheckConstraint(condition=~Q(team_id=""), name="teambinding_team_id_not_empty")]
+
+    def __str__(self) -> str:
+        return f"team {self.team_id}"
+
+
+class RunBinding(models.Model):
+    """A registered external-executor run: every attempt of it bills to the account.
+
+    Run ids are any printable text up to 255 characters and may contain "/":
+    `end_user = "{run_id}/{attempt}"` is split at its last "/".
+    """
+
+    run_id = models.CharField(max_length=BINDING_VALUE_MAX_LENGTH, unique=True)
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="run_bindings")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "run binding"
+        constraints = [
+            models.CheckConstraint(condition=~Q(run_id=""), name="runbinding_run_id_not_empty"),
+            models.CheckConstraint(condition=~Q(run_id__regex=r"[[:cntrl:]]"), name="runbinding_run_id_printable"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id}"

@@ -16,7 +16,7 @@ from django.utils import timezone
 from accounts.exceptions import IdempotencyConflict, InvalidLedgerOperation
 from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
 from accounts.money import BIGINT_MAX, BIGINT_MIN, fits_bigint
-from accounts.signals import payer_binding_created
+from accounts.payer_services import end_user_alias_bind
 
 Reason = CreditLedgerEntry.Reason
 GRANT_REASONS = frozenset({Reason.TOP_UP, Reason.GRANT, Reason.REFUND, Reason.ADJUSTMENT})
@@ -125,9 +125,5 @@ def billing_account_create(*, name: str, owner: AbstractBaseUser | None = None) 
 
 @transaction.atomic
 def end_user_alias_create(*, account: BillingAccount, end_user: str) -> EndUserAlias:
-    """Map a LiteLLM end user to an account; records waiting for it are replayed (receipts listens)."""
-    alias = EndUserAlias.objects.create(account=account, end_user=end_user)
-    transaction.on_commit(
-        lambda: payer_binding_created.send(sender=EndUserAlias, kind="end_user", value=end_user, account_id=account.pk)
-    )
-    return alias
+    """Map a LiteLLM end user to an account (idempotent); payer_binding_created replays what waited for it."""
+    return end_user_alias_bind(account=account, end_user=end_user).binding

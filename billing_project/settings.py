@@ -191,6 +191,12 @@ BILLING_RECONCILE_SLICE_SECONDS = env.int("BILLING_RECONCILE_SLICE_SECONDS", def
 # How many discrepancies of each kind the report lists (all are counted).
 BILLING_RECONCILE_REPORT_LIMIT = env.int("BILLING_RECONCILE_REPORT_LIMIT", default=50)
 
+# Who pays (README, "Who pays: payer bindings"). End users and runs name the payer
+# only for gateway keys, unless this is true: then ANY caller of the proxy can bill
+# any aliased account or registered run by writing its `user`. Only for a proxy
+# without virtual keys that no untrusted party can reach.
+BILLING_TRUST_END_USER = env.bool("BILLING_TRUST_END_USER", default=False)
+
 LITELLM_BASE_URL = env.str("LITELLM_BASE_URL", default="http://127.0.0.1:4000")
 LITELLM_MASTER_KEY = env.str("LITELLM_MASTER_KEY", default="")
 LITELLM_TIMEOUT_SECONDS = env.float("LITELLM_TIMEOUT_SECONDS", default=10.0)

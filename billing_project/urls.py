@@ -3,6 +3,7 @@ from django.urls import include, path
 from django_prometheus.exports import ExportToDjangoView
 from drf_spectacular.views import SpectacularAPIView
 
+from accounts.payer_views import PayerBindingApi, RunRegisterApi
 from accounts.views import CreditGrantApi
 from billing_project.api import internal_only
 from billing_project.health import healthz
@@ -12,6 +13,8 @@ internal = [
     path("ingest", UsageIngestApi.as_view(), name="billing-ingest"),
     path("receipts/<str:litellm_call_id>", ReceiptDetailApi.as_view(), name="billing-receipt"),
     path("credits", CreditGrantApi.as_view(), name="billing-credits"),
+    path("runs", RunRegisterApi.as_view(), name="billing-runs"),
+    path("payer-bindings", PayerBindingApi.as_view(), name="billing-payer-bindings"),
 ]
 
 urlpatterns = [

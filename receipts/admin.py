@@ -34,6 +34,7 @@ from receipts.services import reprocess_delivery, retry_deferred_usage
 logger = logging.getLogger(__name__)
 
 OPEN_STATUSES = DeferredUsage.OPEN_STATUSES
+PAYER_REASONS = (DeferredUsage.Reason.UNKNOWN_PAYER, DeferredUsage.Reason.UNKNOWN_END_USER)
 # One admin action retries at most this many records; the sweep handles the rest.
 MAX_RETRIES_PER_ACTION = 500
 
@@ -216,11 +217,7 @@ class DeferredUsageAdmin(ExactSearchMixin, admin.ModelAdmin):
         if not request.user.has_perm("accounts.add_enduseralias"):
             self.message_user(request, "You may not create end user aliases.", messages.ERROR)
             return None
-        waiting = [
-            d
-            for d in queryset.order_by("id")
-            if d.reason == DeferredUsage.Reason.UNKNOWN_END_USER and d.status in OPEN_STATUSES
-        ]
+        waiting = [d for d in queryset.order_by("id") if d.reason in PAYER_REASONS and d.status in OPEN_STATUSES]
         by_end_user: dict[str, list[DeferredUsage]] = defaultdict(list)
         for deferred in waiting:
             by_end_user[deferred.end_user].append(deferred)

@@ -2,6 +2,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 
+from accounts.models import PayerSource
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
 
 CALL_ID_MAX_LENGTH = 255
@@ -49,6 +50,8 @@ class ChargeReceipt(models.Model):
     api_key_hash = models.CharField(max_length=255, blank=True, default="")
     api_key_alias = models.CharField(max_length=255, blank=True, default="")
     team_id = models.CharField(max_length=255, blank=True, default="")
+    # Which binding decided the payer (accounts.selectors.resolve_payers); end_user stays for attribution.
+    payer_source = models.CharField(max_length=16, choices=PayerSource.choices)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField()
@@ -123,6 +126,10 @@ class DeferredUsage(models.Model):
     litellm_call_id = models.CharField(max_length=CALL_ID_MAX_LENGTH, blank=True, default="", db_index=True)
     request_id = models.CharField(max_length=255, blank=True, default="")
     end_user = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    # What LiteLLM logged about the caller: shown to staff, and what a new payer binding replays by.
+    api_key_hash = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    team_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    run_id = models.CharField(max_length=RUN_ID_MAX_LENGTH, blank=True, default="", db_index=True)
     reason = models.CharField(max_length=32, choices=Reason.choices)
     detail = models.TextField(blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)

@@ -5,11 +5,10 @@ from typing import Any
 from django.dispatch import receiver
 
 from accounts.signals import payer_binding_created
-from receipts.tasks import replay_end_user_deferrals
+from receipts.tasks import replay_payer_deferrals
 
 
 @receiver(payer_binding_created, dispatch_uid="receipts.replay_on_payer_binding")
 def replay_on_payer_binding(sender: Any, *, kind: str, value: str, **kwargs: Any) -> None:
     """A payer was bound: bill the records that waited for it."""
-    if kind == "end_user":
-        replay_end_user_deferrals(end_user=value)
+    replay_payer_deferrals(kind=kind, value=value)

@@ -22,7 +22,7 @@ from django.db import InterfaceError, OperationalError
 from receipts import metrics
 from receipts.models import DeferredUsage
 from receipts.selectors import deferred_open_counts
-from receipts.services import claim_due_deferred_usage, make_end_user_deferrals_due, retry_deferred_usage
+from receipts.services import claim_due_deferred_usage, make_payer_deferrals_due, retry_deferred_usage
 
 logger = logging.getLogger(__name__)
 
@@ -33,25 +33,25 @@ def _use_broker() -> bool:
     return bool(settings.CELERY_BROKER_URL) and not settings.CELERY_TASK_ALWAYS_EAGER
 
 
-def replay_end_user_deferrals(*, end_user: str) -> None:
-    """An alias was added: replay what waited for it, on the worker when a broker is set, else right here."""
+def replay_payer_deferrals(*, kind: str, value: str) -> None:
+    """A payer was bound: replay what waited for it, on the worker when a broker is set, else right here."""
     if _use_broker():
-        replay_end_user.delay(end_user)
+        replay_payer.delay(kind, value)
     else:
-        replay_end_user.apply(args=[end_user])
+        replay_payer.apply(args=[kind, value])
 
 
 @shared_task(bind=True, max_retries=5, acks_late=True)
-def replay_end_user(self: Any, end_user: str) -> int:
-    """An alias for `end_user` was added: bill what waited for it."""
+def replay_payer(self: Any, kind: str, value: str) -> int:
+    """A key, team, run or end user was bound to an account: bill what waited for it."""
     billed = 0
     try:
-        for deferred_id in make_end_user_deferrals_due(end_user=end_user):
+        for deferred_id in make_payer_deferrals_due(kind=kind, value=value):
             if retry_deferred_usage(deferred=DeferredUsage(pk=deferred_id)) is not None:
                 billed += 1
     except (OperationalError, InterfaceError) as exc:
         raise self.retry(exc=exc, countdown=_DB_RETRY_COUNTDOWN_SECONDS) from exc
-    logger.info("replayed end user %r: %d record(s) billed", end_user, billed)
+    logger.info("replayed %s %r: %d record(s) billed", kind, value, billed)
     return billed
 
 

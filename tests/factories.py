@@ -1,6 +1,7 @@
 """factory_boy factories and a builder of LiteLLM records shaped like the real samples."""
 
 import copy
+import hashlib
 import json
 import uuid
 from decimal import Decimal
@@ -10,7 +11,7 @@ from typing import Any
 import factory
 from django.contrib.auth import get_user_model
 
-from accounts.models import BillingAccount, EndUserAlias
+from accounts.models import ApiKeyBinding, BillingAccount, EndUserAlias, RunBinding, TeamBinding
 from receipts.exactjson import dumps_exact, loads_exact
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -45,11 +46,62 @@ class BillingAccountFactory(factory.django.DjangoModelFactory):
     owner = factory.SubFactory(UserFactory)
 
 
+# How LiteLLM logs its master key in `metadata.user_api_key_hash` (the real samples were sent with it).
+MASTER_KEY_HASH = "litellm_proxy_master_key"
+
+
+def bind_trusted_gateway(*, key_hash: str = MASTER_KEY_HASH) -> ApiKeyBinding:
+    """The samples' topology: a trusted gateway holds the key and names its own users, so the records it
+    sends bill the end user's alias (or the registered run). Without this binding an alias decides nothing."""
+    binding = ApiKeyBinding.objects.filter(key_hash=key_hash).first()
+    if binding is None:
+        binding = ApiKeyBinding.objects.create(
+            key_hash=key_hash,
+            is_gateway=True,
+            label="trusted gateway",
+            account=BillingAccountFactory(name="Gateway operator"),
+        )
+    return binding
+
+
 class EndUserAliasFactory(factory.django.DjangoModelFactory):
+    """An end-user alias, and the trusted gateway whose records it decides."""
+
     class Meta:
         model = EndUserAlias
+        skip_postgeneration_save = True
 
     end_user = factory.Sequence(lambda n: f"end-user-{n}")
+    account = factory.SubFactory(BillingAccountFactory)
+
+    @factory.post_generation
+    def _gateway(obj, create, extracted, **kwargs):
+        if create:
+            bind_trusted_gateway()
+
+
+class ApiKeyBindingFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ApiKeyBinding
+
+    key_hash = factory.Sequence(lambda n: hashlib.sha256(f"sk-test-{n}".encode()).hexdigest())
+    account = factory.SubFactory(BillingAccountFactory)
+    is_gateway = False
+
+
+class TeamBindingFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = TeamBinding
+
+    team_id = factory.Sequence(lambda n: f"team-{n}")
+    account = factory.SubFactory(BillingAccountFactory)
+
+
+class RunBindingFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = RunBinding
+
+    run_id = factory.Sequence(lambda n: f"run-{n}")
     account = factory.SubFactory(BillingAccountFactory)
 
 

@@ -15,7 +15,7 @@ from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
 from accounts.selectors import ledger_sum
 from billing_project.admin_tools import EstimatedCountPaginator
 from receipts.models import ChargeReceipt, DeferredUsage
-from tests.factories import BillingAccountFactory, UserFactory, litellm_record, to_body
+from tests.factories import BillingAccountFactory, UserFactory, bind_trusted_gateway, litellm_record, to_body
 
 RECEIPTS = "/admin/receipts/chargereceipt/"
 LEDGER = "/admin/accounts/creditledgerentry/"
@@ -266,9 +266,10 @@ def test_new_accounts_and_aliases_go_through_the_services(
 ) -> None:
     ingest(internal_client, [litellm_record(end_user="newcomer", cost=Decimal("0.000050"))])
     waiting = DeferredUsage.objects.get(end_user="newcomer")
-    assert waiting.reason == DeferredUsage.Reason.UNKNOWN_END_USER
+    assert waiting.reason == DeferredUsage.Reason.UNKNOWN_PAYER
 
     owner = UserFactory()
+    bind_trusted_gateway()  # the waiting record came through the trusted gateway: its alias decides
     with django_capture_on_commit_callbacks(execute=True):
         response = staff_client.post(
             "/admin/accounts/billingaccount/add/",

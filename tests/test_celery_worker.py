@@ -34,7 +34,7 @@ from django.utils import timezone
 from accounts.models import CreditLedgerEntry, EndUserAlias
 from receipts.models import ChargeReceipt, DeferredUsage
 from receipts.services import ingest_usage_records
-from tests.factories import BillingAccountFactory, EndUserAliasFactory, litellm_record
+from tests.factories import BillingAccountFactory, EndUserAliasFactory, bind_trusted_gateway, litellm_record
 from tests.litellm_standin import MASTER_KEY, SpendLogStandIn, spend_log_row
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -283,6 +283,7 @@ def test_billing_worker_once_runs_the_sweep_and_the_scheduled_reconcile(settings
     ingest_usage_records(records=[litellm_record(end_user="once-user")])
     DeferredUsage.objects.update(next_attempt_at=timezone.now())
     EndUserAlias.objects.create(account=account, end_user="once-user")
+    bind_trusted_gateway()
     handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
 
     call_command("billing_worker", "--once")

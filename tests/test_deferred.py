@@ -192,7 +192,7 @@ class TestUnknownCost:
         )
         assert retry_deferred_usage(deferred=deferred) is None
         deferred.refresh_from_db()
-        assert deferred.reason == DeferredUsage.Reason.UNKNOWN_END_USER
+        assert deferred.reason == DeferredUsage.Reason.UNKNOWN_PAYER
         assert deferred.learnt_cost_usd == Decimal("0.00003")
         asked = len(standin.requests)
 
@@ -227,7 +227,7 @@ class TestReplays:
     def test_adding_the_alias_replays_waiting_records(self, account, django_capture_on_commit_callbacks):
         records = [litellm_record(end_user="newcomer") for _ in range(2)]
         ingest_usage_records(records=records)
-        assert DeferredUsage.objects.filter(reason="unknown_end_user", status="pending").count() == 2
+        assert DeferredUsage.objects.filter(reason="unknown_payer", status="pending").count() == 2
 
         with django_capture_on_commit_callbacks(execute=True):
             end_user_alias_create(account=account, end_user="newcomer")
@@ -271,9 +271,9 @@ class TestReplays:
         no_cost.refresh_from_db()
         assert no_cost.status == "pending" and no_cost.attempts == 1 and no_cost.next_attempt_at > now
         assert ChargeReceipt.objects.count() == 1
-        assert REGISTRY.get_sample_value("billing_deferred_pending", {"reason": "unknown_end_user"}) == 1
+        assert REGISTRY.get_sample_value("billing_deferred_pending", {"reason": "unknown_payer"}) == 1
         assert REGISTRY.get_sample_value("billing_deferred_pending", {"reason": "unknown_cost"}) == 1
-        assert REGISTRY.get_sample_value("billing_deferred_failed", {"reason": "unknown_end_user"}) == 1
+        assert REGISTRY.get_sample_value("billing_deferred_failed", {"reason": "unknown_payer"}) == 1
 
     def test_a_claimed_record_is_not_handed_out_twice(self, account, settings):
         settings.BILLING_DEFERRED_CLAIM_SECONDS = 600

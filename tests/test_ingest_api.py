@@ -195,7 +195,7 @@ def test_unknown_end_user_is_deferred_then_billed_when_alias_is_added(
 ) -> None:
     record = litellm_record(end_user="newcomer")
     result = post(internal_client, to_body([record])).json()
-    assert result["deferred"] == 1 and result["deferred_records"][0]["reason"] == "unknown_end_user"
+    assert result["deferred"] == 1 and result["deferred_records"][0]["reason"] == "unknown_payer"
     assert not ChargeReceipt.objects.exists()
     with django_capture_on_commit_callbacks(execute=True):
         end_user_alias_create(account=account, end_user="newcomer")

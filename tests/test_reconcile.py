@@ -33,8 +33,8 @@ from reconciliation.backfill import spend_log_record
 from reconciliation.report import KINDS
 from reconciliation.services import reconcile as run_reconcile
 from reconciliation.window import ReconcileInputError, Window, default_window, scheduled_window, window_from_options
-from tests.factories import BillingAccountFactory, EndUserAliasFactory, litellm_record
-from tests.litellm_standin import MASTER_KEY, SpendLogStandIn, spend_log_row
+from tests.factories import BillingAccountFactory, EndUserAliasFactory, bind_trusted_gateway, litellm_record
+from tests.litellm_standin import API_KEY_HASH, MASTER_KEY, SpendLogStandIn, spend_log_row
 
 pytestmark = pytest.mark.django_db
 
@@ -46,7 +46,9 @@ WINDOW_ARGS = ["--since", SINCE.isoformat(), "--until", UNTIL.isoformat()]
 
 
 @pytest.fixture
-def standin(settings):
+def standin(settings, db):
+    # The stand-in's rows were made through a trusted gateway's key (logged hashed in `api_key`).
+    bind_trusted_gateway(key_hash=API_KEY_HASH)
     with SpendLogStandIn() as server:
         settings.LITELLM_BASE_URL = server.url
         settings.LITELLM_MASTER_KEY = MASTER_KEY
@@ -330,7 +332,7 @@ def test_apply_defers_a_backfill_whose_end_user_has_no_alias(standin, account):
     assert report["backfill"]["deferred"] == 1
     assert report["remaining"]["missing_receipt"] == 1
     deferred = DeferredUsage.objects.get(litellm_call_id=row["litellm_call_id"])
-    assert deferred.reason == DeferredUsage.Reason.UNKNOWN_END_USER
+    assert deferred.reason == DeferredUsage.Reason.UNKNOWN_PAYER
     assert deferred.status == DeferredUsage.Status.PENDING
     assert not ChargeReceipt.objects.filter(litellm_call_id=row["litellm_call_id"]).exists()
 

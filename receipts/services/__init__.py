@@ -22,7 +22,7 @@ from receipts.services.ingest import (
     keep_isolated,
     reprocess_delivery,
 )
-from receipts.services.retry import claim_due_deferred_usage, make_end_user_deferrals_due, retry_deferred_usage
+from receipts.services.retry import claim_due_deferred_usage, make_payer_deferrals_due, retry_deferred_usage
 
 __all__ = [
     "RECEIPT_CHANNEL",
@@ -37,7 +37,7 @@ __all__ = [
     "ingest_delivery",
     "ingest_usage_records",
     "keep_isolated",
-    "make_end_user_deferrals_due",
+    "make_payer_deferrals_due",
     "next_attempt_delay",
     "reprocess_delivery",
     "retry_deferred_usage",

@@ -16,8 +16,9 @@ import psycopg
 from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.models import CreditLedgerEntry, EndUserAlias
+from accounts.models import CreditLedgerEntry
 from accounts.money import ChargeRate, current_charge_rate
+from accounts.selectors import PayerDecision, PayerQuery, resolve_payers
 from receipts import metrics
 from receipts.models import ChargeReceipt, DeferredUsage
 from receipts.services.deferrals import defer_usage
@@ -67,10 +68,13 @@ def _receipt_insert_sql() -> str:
     )
 
 
-def _receipt_row(fact: UsageFact, *, account_id: int, rate: ChargeRate, charged: int, now: datetime) -> dict[str, Any]:
+def _receipt_row(
+    fact: UsageFact, *, payer: PayerDecision, rate: ChargeRate, charged: int, now: datetime
+) -> dict[str, Any]:
     """One receipt's column values by field name."""
     return {
-        "account": account_id,
+        "account": payer.account_id,
+        "payer_source": payer.source,
         "source_system": SOURCE_SYSTEM,
         "source_reference": fact.source_reference,
         "litellm_call_id": fact.litellm_call_id,
@@ -132,14 +136,23 @@ def _existing_receipts(references: Iterable[str]) -> dict[str, int]:
     )
 
 
-def _payer_accounts(facts: Sequence[UsageFact]) -> list[int | None]:
-    """The paying account of each fact, or None when no binding decides it."""
-    aliases = dict(
-        EndUserAlias.objects.filter(end_user__in={f.end_user for f in facts if f.end_user}).values_list(
-            "end_user", "account_id"
-        )
+def _payers(facts: Sequence[UsageFact]) -> list[PayerDecision | None]:
+    """Who pays for each fact, derived from what LiteLLM logged (SERVER_DERIVES_IDENTITY); None: unknown."""
+    return resolve_payers(
+        queries=[
+            PayerQuery(key_hash=f.api_key_hash, team_id=f.team_id, end_user=f.end_user, run_id=f.explicit_run_id)
+            for f in facts
+        ]
     )
-    return [aliases.get(f.end_user) if f.end_user else None for f in facts]
+
+
+def unknown_payer_detail(fact: UsageFact) -> str:
+    """What staff need to bind the payer of a deferred record."""
+    run = f", run {fact.explicit_run_id!r}" if fact.explicit_run_id else ""
+    return (
+        f"no binding decides who pays: key hash {fact.api_key_hash or '(none)'!r}, "
+        f"team {fact.team_id or '(none)'!r}, end user {fact.end_user or '(none)'!r}{run}"
+    )
 
 
 def commit_usage_fact(*, fact: UsageFact) -> CommitOutcome:
@@ -162,24 +175,21 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
         raise ValueError("commit_usage_facts() bills facts with a known cost only")
     now = timezone.now()
     rate = current_charge_rate()
-    payers = _payer_accounts(facts)
-    first_by_ref: dict[str, tuple[UsageFact, int]] = {}
+    payers = _payers(facts)
+    first_by_ref: dict[str, tuple[UsageFact, PayerDecision]] = {}
     unknown_payer: list[UsageFact] = []
-    for fact, account_id in zip(facts, payers, strict=True):
-        if account_id is None:
+    for fact, payer in zip(facts, payers, strict=True):
+        if payer is None:
             unknown_payer.append(fact)
         else:
-            first_by_ref.setdefault(fact.source_reference, (fact, account_id))
+            first_by_ref.setdefault(fact.source_reference, (fact, payer))
 
     ordered = sorted(first_by_ref.values(), key=lambda pair: pair[0].source_reference)
     charged = {f.source_reference: rate.credits_for(f.cost_usd) for f, _ in ordered}  # type: ignore[arg-type]
     inserted = _insert_receipts(
-        [
-            _receipt_row(f, account_id=account, rate=rate, charged=charged[f.source_reference], now=now)
-            for f, account in ordered
-        ]
+        [_receipt_row(f, payer=payer, rate=rate, charged=charged[f.source_reference], now=now) for f, payer in ordered]
     )
-    new = [(f, account) for f, account in ordered if f.source_reference in inserted]
+    new = [(f, payer.account_id) for f, payer in ordered if f.source_reference in inserted]
     CreditLedgerEntry.objects.bulk_create(
         [
             CreditLedgerEntry(
@@ -206,10 +216,8 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
             items=[
                 NotBillable(
                     kind="deferred",
-                    reason=DeferredUsage.Reason.UNKNOWN_END_USER,
-                    detail=f"no billing account has the end user {f.end_user!r}"
-                    if f.end_user
-                    else "the record names no end user",
+                    reason=DeferredUsage.Reason.UNKNOWN_PAYER,
+                    detail=unknown_payer_detail(f),
                     litellm_call_id=f.litellm_call_id,
                     fact=f,
                     ingest_batch_id=f.ingest_batch_id,
@@ -221,10 +229,10 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
 
     outcomes = []
     claimed: set[str] = set()
-    for fact, account_id in zip(facts, payers, strict=True):
+    for fact, payer in zip(facts, payers, strict=True):
         ref = fact.source_reference
-        if account_id is None:
-            outcomes.append(CommitOutcome("deferred", fact.litellm_call_id, reason="unknown_end_user"))
+        if payer is None:
+            outcomes.append(CommitOutcome("deferred", fact.litellm_call_id, reason=DeferredUsage.Reason.UNKNOWN_PAYER))
         elif ref in inserted and ref not in claimed:
             claimed.add(ref)
             outcomes.append(CommitOutcome("processed", fact.litellm_call_id, inserted[ref]))

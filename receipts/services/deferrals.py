@@ -7,6 +7,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from accounts.selectors import run_id_from_end_user
 from receipts.models import DeferredUsage
 from receipts.usage import SOURCE_SYSTEM, NotBillable, fact_to_json
 
@@ -40,6 +41,9 @@ def defer_usage(*, items: Sequence[NotBillable]) -> None:
                 litellm_call_id=item.litellm_call_id,
                 request_id=fact.request_id if fact else "",
                 end_user=fact.end_user if fact else "",
+                api_key_hash=fact.api_key_hash if fact else "",
+                team_id=fact.team_id if fact else "",
+                run_id=(fact.explicit_run_id or run_id_from_end_user(fact.end_user)) if fact else "",
                 reason=item.reason if waiting else DeferredUsage.Reason.INVALID,
                 detail=item.detail if waiting else f"{item.reason}: {item.detail}",
                 status=DeferredUsage.Status.PENDING if waiting else DeferredUsage.Status.FAILED,

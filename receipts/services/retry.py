@@ -11,13 +11,15 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from accounts.models import PayerSource
 from integrations.litellm.client import LiteLLMClient, LiteLLMError
 from receipts import metrics
 from receipts.models import DeferredUsage
 from receipts.selectors import deferred_due
-from receipts.services.billing import CommitOutcome, commit_usage_fact
+from receipts.services.billing import CommitOutcome, commit_usage_fact, unknown_payer_detail
 from receipts.services.deferrals import next_attempt_delay
 from receipts.services.ingest import UNAVAILABLE
 from receipts.usage import NotBillable, UsageFact, fact_from_json, is_fact_json, parse_usage_record
@@ -115,7 +117,7 @@ def _settle_deferred(
                 updated_at=timezone.now(),
             )
             return outcome, "billed" if outcome.outcome == "processed" else "duplicate"
-        reason, detail = DeferredUsage.Reason.UNKNOWN_END_USER, "no billing account has this end user yet"
+        reason, detail = DeferredUsage.Reason.UNKNOWN_PAYER, unknown_payer_detail(judged)
     elif isinstance(judged, UsageFact):
         reason, detail = DeferredUsage.Reason.UNKNOWN_COST, lookup_error or "LiteLLM did not know the cost"
     else:
@@ -181,12 +183,17 @@ def claim_due_deferred_usage(*, limit: int, now: datetime | None = None) -> list
 
 
 @transaction.atomic
-def make_end_user_deferrals_due(*, end_user: str) -> list[int]:
-    """An alias was added: the records waiting for this end user are due now. Returns their ids."""
-    rows = DeferredUsage.objects.open().filter(
-        end_user=end_user,
-        reason__in=[DeferredUsage.Reason.UNKNOWN_END_USER, DeferredUsage.Reason.UNKNOWN_PAYER],
+def make_payer_deferrals_due(*, kind: str, value: str) -> list[int]:
+    """A payer was bound (kind: key, team, run or end_user): the records waiting for it are due now."""
+    waiting = DeferredUsage.objects.open().filter(
+        reason__in=[DeferredUsage.Reason.UNKNOWN_PAYER, DeferredUsage.Reason.UNKNOWN_END_USER]
     )
-    ids = list(rows.values_list("id", flat=True))
+    by_kind = {
+        PayerSource.KEY: Q(api_key_hash=value),
+        PayerSource.TEAM: Q(team_id=value),
+        PayerSource.RUN: Q(run_id=value),
+        PayerSource.END_USER: Q(end_user=value),
+    }
+    ids = list(waiting.filter(by_kind[PayerSource(kind)]).values_list("id", flat=True))
     DeferredUsage.objects.filter(pk__in=ids).update(status=DeferredUsage.Status.PENDING, next_attempt_at=timezone.now())
     return ids

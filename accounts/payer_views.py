@@ -1,0 +1,223 @@
+"""Internal API of payer bindings: register runs, bind keys, teams and end users (who pays)."""
+
+import unicodedata
+from typing import Any
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.exceptions import BindingConflict, InvalidBinding
+from accounts.models import (
+    BINDING_VALUE_MAX_LENGTH,
+    ApiKeyBinding,
+    BillingAccount,
+    EndUserAlias,
+    PayerSource,
+    TeamBinding,
+)
+from accounts.payer_services import payer_binding_create, run_binding_create
+from billing_project.api import InternalTokenAuthentication, IsInternalService
+
+
+@extend_schema_serializer(component_name="BindingError")
+class ErrorSerializer(serializers.Serializer):
+    error = serializers.CharField()
+    field = serializers.CharField(required=False, help_text="The request field at fault.")
+    fields = serializers.DictField(required=False, help_text="Per-field messages of a 400.")
+
+
+_BINDING_ERRORS = {
+    400: OpenApiResponse(
+        response=ErrorSerializer,
+        description="Invalid input; `field` (or `fields`) names it. An unknown account is a 400 on `account`.",
+    ),
+    401: OpenApiResponse(response=ErrorSerializer, description="Missing or wrong internal bearer token."),
+    409: OpenApiResponse(
+        response=ErrorSerializer,
+        description="The value is already bound to another account (or, for a key, with another `gateway` flag).",
+    ),
+}
+
+
+class _AccountField(serializers.UUIDField):
+    """An account's public UUID, turned into the BillingAccount (400 on `account` if there is none)."""
+
+    def to_internal_value(self, data: object) -> BillingAccount:
+        public_id = super().to_internal_value(data)
+        account = BillingAccount.objects.filter(public_id=public_id).first()
+        if account is None:
+            raise serializers.ValidationError("no billing account has this id")
+        return account
+
+    def to_representation(self, value: object) -> str:
+        return str(value.public_id if isinstance(value, BillingAccount) else value)
+
+
+def _printable(value: str) -> str:
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise serializers.ValidationError("must not contain control characters")
+    return value
+
+
+def _binding_error(exc: InvalidBinding | BindingConflict, field: str) -> Response:
+    code = status.HTTP_409_CONFLICT if isinstance(exc, BindingConflict) else status.HTTP_400_BAD_REQUEST
+    return Response({"error": str(exc), "field": field}, status=code)
+
+
+class RunRegisterApi(APIView):
+    """Register an external-executor run: its calls (`user = "{run_id}/{attempt}"` from a gateway key) bill here."""
+
+    authentication_classes = [InternalTokenAuthentication]
+    permission_classes = [IsInternalService]
+
+    @extend_schema_serializer(component_name="RunRegistrationRequest")
+    class InputSerializer(serializers.Serializer):
+        run_id = serializers.CharField(
+            max_length=BINDING_VALUE_MAX_LENGTH,
+            trim_whitespace=False,
+            validators=[_printable],
+            help_text='Any printable text (may contain "/"), at most 255 characters.',
+        )
+        account = _AccountField(help_text="The paying account's public UUID.")
+        attempt = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+
+    @extend_schema_serializer(component_name="RunRegistration")
+    class OutputSerializer(serializers.Serializer):
+        run_id = serializers.CharField()
+        account = serializers.UUIDField(source="account.public_id")
+        attempt = serializers.IntegerField(allow_null=True)
+        created_at = serializers.DateTimeField()
+        created = serializers.BooleanField()
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: OutputSerializer, 200: OutputSerializer, **_BINDING_ERRORS},
+        description="Idempotent: 201 when registered now, 200 when already registered to this account.",
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = data.validated_data
+        attempt = params.get("attempt")
+        try:
+            result = run_binding_create(account=params["account"], run_id=params["run_id"], attempt=attempt)
+        except (InvalidBinding, BindingConflict) as exc:
+            return _binding_error(exc, exc.field)
+        run = result.binding
+        body = self.OutputSerializer(
+            {
+                "run_id": run.run_id,
+                "account": run.account,
+                "attempt": attempt,
+                "created_at": run.created_at,
+                "created": result.created,
+            }
+        ).data
+        return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+
+# Service field → request field of PayerBindingApi.
+_BINDING_FIELDS = {
+    "key_hash": "value",
+    "team_id": "value",
+    "end_user": "value",
+    "raw_key": "api_key",
+    "is_gateway": "gateway",
+    "kind": "kind",
+}
+
+
+class PayerBindingApi(APIView):
+    """Bind a LiteLLM key (hash or raw `sk-` key; only the hash is kept), team or end user to an account."""
+
+    authentication_classes = [InternalTokenAuthentication]
+    permission_classes = [IsInternalService]
+
+    @extend_schema_serializer(component_name="PayerBindingRequest")
+    class InputSerializer(serializers.Serializer):
+        kind = serializers.ChoiceField(choices=[PayerSource.KEY, PayerSource.TEAM, PayerSource.END_USER])
+        value = serializers.CharField(
+            max_length=BINDING_VALUE_MAX_LENGTH,
+            required=False,
+            trim_whitespace=False,
+            validators=[_printable],
+            help_text="The key hash LiteLLM logs (`user_api_key_hash`), the team id or the end user.",
+        )
+        api_key = serializers.CharField(
+            required=False,
+            write_only=True,
+            trim_whitespace=False,
+            max_length=4096,
+            help_text="kind=key only, instead of `value`: the raw `sk-` key; only its hash is stored.",
+        )
+        account = _AccountField(help_text="The paying account's public UUID.")
+        gateway = serializers.BooleanField(
+            required=False,
+            default=False,
+            help_text="kind=key only: a trusted server's key whose records bill their run or end-user alias.",
+        )
+        label = serializers.CharField(required=False, default="", allow_blank=True, max_length=200)
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            kind = attrs["kind"]
+            has_value, has_key = "value" in attrs, "api_key" in attrs
+            if kind == PayerSource.KEY:
+                if has_value == has_key:
+                    raise serializers.ValidationError({"value": "give exactly one of value (key hash) and api_key"})
+            else:
+                if has_key:
+                    raise serializers.ValidationError({"api_key": "only for kind 'key'"})
+                if attrs.get("gateway"):
+                    raise serializers.ValidationError({"gateway": "only a key can be a gateway key"})
+                if not has_value:
+                    raise serializers.ValidationError({"value": "this field is required"})
+            return attrs
+
+    @extend_schema_serializer(component_name="PayerBinding")
+    class OutputSerializer(serializers.Serializer):
+        kind = serializers.CharField()
+        value = serializers.CharField(help_text="For a key: the hash LiteLLM logs, never the raw key.")
+        account = serializers.UUIDField(source="account.public_id")
+        gateway = serializers.BooleanField()
+        created_at = serializers.DateTimeField()
+        created = serializers.BooleanField()
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: OutputSerializer, 200: OutputSerializer, **_BINDING_ERRORS},
+        description="Idempotent: 201 when bound now, 200 when already bound the same way to this account.",
+    )
+    def post(self, request: Request) -> Response:
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        params = data.validated_data
+        try:
+            result = payer_binding_create(
+                kind=params["kind"],
+                account=params["account"],
+                value=params.get("value"),
+                raw_key=params.get("api_key"),
+                is_gateway=params["gateway"],
+                label=params["label"],
+            )
+        except (InvalidBinding, BindingConflict) as exc:
+            field = _BINDING_FIELDS.get(exc.field, exc.field)
+            if exc.field == "key_hash" and "api_key" in params:
+                field = "api_key"
+            return _binding_error(exc, field)
+        binding = result.binding
+        value = {ApiKeyBinding: "key_hash", TeamBinding: "team_id", EndUserAlias: "end_user"}[type(binding)]
+        body = self.OutputSerializer(
+            {
+                "kind": params["kind"],
+                "value": getattr(binding, value),
+                "account": binding.account,
+                "gateway": getattr(binding, "is_gateway", False),
+                "created_at": binding.created_at,
+                "created": result.created,
+            }
+        ).data
+        return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)

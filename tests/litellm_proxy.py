@@ -29,6 +29,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 LITELLM_BIN = ROOT / ".venv-litellm" / "bin" / "litellm"
 LITELLM_PYTHON = ROOT / ".venv-litellm" / "bin" / "python"
+# What a config lists under litellm_settings.callbacks to load the billing plugin.
+PLUGIN_CALLBACK = "litellm_billing_plugin.hook.billing_plugin"
 PROXY_START_DEADLINE_S = 120.0
 LOG_TAIL_LINES = 200
 ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR")

@@ -19,7 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.litellm_proxy import LiteLLMProxy, StubProvider, running_litellm_proxy, running_stub_provider
+from tests.litellm_proxy import (
+    PLUGIN_CALLBACK,
+    LiteLLMProxy,
+    StubProvider,
+    running_litellm_proxy,
+    running_stub_provider,
+)
 from tests.stub_billing import Recorded, StubBilling, allow, refuse
 
 pytestmark = pytest.mark.e2e
@@ -70,7 +76,7 @@ def proxy(
             {"model_name": "gpt-4o-mini", "litellm_params": {**deployment, "api_base": provider.api_base}},
             {"model_name": "broken", "litellm_params": {**deployment, "api_base": provider.failing_api_base}},
         ],
-        "litellm_settings": {"callbacks": ["litellm_billing_plugin.hook.billing_plugin"], "num_retries": 0},
+        "litellm_settings": {"callbacks": [PLUGIN_CALLBACK], "num_retries": 0},
         "router_settings": {"num_retries": 0},
         "general_settings": {"custom_auth": "custom_auth.user_api_key_auth"},
     }

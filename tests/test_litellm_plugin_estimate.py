@@ -12,11 +12,12 @@ from decimal import Decimal
 
 import httpx
 import pytest
+import yaml
 
 from litellm_billing_plugin import estimate
 from litellm_billing_plugin.client import Authorized, BillingClient, Refused, Rejected, Unavailable, classify
 from litellm_billing_plugin.settings import OnUnavailable, PluginSettings, SettingsError
-from tests.litellm_proxy import LITELLM_PYTHON, ROOT, base_env
+from tests.litellm_proxy import LITELLM_PYTHON, PLUGIN_CALLBACK, ROOT, base_env
 
 GPT_4O_MINI = {"input_cost_per_token": 1.5e-07, "output_cost_per_token": 6e-07, "max_output_tokens": 16384}
 DEFAULT = Decimal("0.75")
@@ -251,3 +252,10 @@ def test_estimates_from_litellms_own_counter_and_model_map() -> None:
     assert out["no_router"] == out["max_tokens"]
     assert out["embedding"]["output_tokens"] == 0
     assert Decimal(out["embedding"]["usd"]) == out["embed_tokens"] * mini_in
+
+
+def test_the_deployed_litellm_config_loads_the_plugin_the_tests_load() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "litellm" / "config.yaml").read_text())
+
+    assert PLUGIN_CALLBACK in config["litellm_settings"]["callbacks"]
+    assert set(config["litellm_settings"]["success_callback"]) >= {"generic_api"}  # the records that settle holds

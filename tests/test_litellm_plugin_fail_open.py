@@ -10,7 +10,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.litellm_proxy import LiteLLMProxy, StubProvider, running_litellm_proxy, running_stub_provider
+from tests.litellm_proxy import (
+    PLUGIN_CALLBACK,
+    LiteLLMProxy,
+    StubProvider,
+    running_litellm_proxy,
+    running_stub_provider,
+)
 from tests.stub_billing import StubBilling
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +46,7 @@ def proxy(
                 "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-fake", "api_base": provider.api_base},
             }
         ],
-        "litellm_settings": {"callbacks": ["litellm_billing_plugin.hook.billing_plugin"], "num_retries": 0},
+        "litellm_settings": {"callbacks": [PLUGIN_CALLBACK], "num_retries": 0},
     }
     env = {
         "BILLING_URL": billing.base_url,

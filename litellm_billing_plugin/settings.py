@@ -1,0 +1,63 @@
+"""The plugin's settings, read from the LiteLLM container's environment."""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+
+
+class OnUnavailable(StrEnum):
+    FAIL_CLOSED = "fail_closed"  # refuse the call with 503: no hold, no call
+    FAIL_OPEN = "fail_open"  # let the call through without a hold, and count it
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed: the proxy must not start with it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PluginSettings:
+    billing_url: str  # the service's base URL, e.g. http://web:8000
+    token: str  # BILLING_INGEST_TOKEN: the internal API's bearer token
+    timeout_seconds: float  # whole authorize/release request, connect included
+    on_unavailable: OnUnavailable
+    default_hold_usd: Decimal  # the estimate when LiteLLM knows no price for the model
+
+    @property
+    def authorize_url(self) -> str:
+        return f"{self.billing_url}/api/internal/billing/authorize"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "PluginSettings":
+        env = os.environ if environ is None else environ
+        billing_url = env.get("BILLING_URL", "").strip().rstrip("/")
+        if not billing_url.startswith(("http://", "https://")):
+            raise SettingsError("BILLING_URL must be the billing service's http(s) base URL, e.g. http://web:8000")
+        token = env.get("BILLING_INGEST_TOKEN", "").strip()
+        if not token:
+            raise SettingsError("BILLING_INGEST_TOKEN is required (the billing service's internal API token)")
+        try:
+            timeout = float(env.get("BILLING_PLUGIN_TIMEOUT_SECONDS", "1.0"))
+        except ValueError as exc:
+            raise SettingsError("BILLING_PLUGIN_TIMEOUT_SECONDS must be a number of seconds") from exc
+        if not 0 < timeout <= 60:
+            raise SettingsError("BILLING_PLUGIN_TIMEOUT_SECONDS must be above 0 and at most 60")
+        raw_mode = env.get("BILLING_PLUGIN_ON_UNAVAILABLE", OnUnavailable.FAIL_CLOSED.value).strip().lower()
+        try:
+            mode = OnUnavailable(raw_mode)
+        except ValueError as exc:
+            raise SettingsError("BILLING_PLUGIN_ON_UNAVAILABLE must be fail_closed or fail_open") from exc
+        try:
+            default_hold = Decimal(env.get("BILLING_HOLD_DEFAULT_USD", "1.00").strip())
+        except InvalidOperation as exc:
+            raise SettingsError("BILLING_HOLD_DEFAULT_USD must be a decimal number of USD") from exc
+        if not default_hold.is_finite() or default_hold <= 0:
+            raise SettingsError("BILLING_HOLD_DEFAULT_USD must be above 0")
+        return cls(
+            billing_url=billing_url,
+            token=token,
+            timeout_seconds=timeout,
+            on_unavailable=mode,
+            default_hold_usd=default_hold,
+        )

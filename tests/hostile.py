@@ -24,7 +24,7 @@ from django.utils import timezone
 from accounts.models import BillingAccount, CreditLedgerEntry
 from receipts.exactjson import dumps_exact
 from receipts.models import ChargeReceipt, DeferredUsage
-from tests.factories import litellm_record
+from tests.factories import FIXTURES, litellm_record, load_sample
 
 INGEST = "/api/internal/billing/ingest"
 # Skips that have nothing to bill and nothing to keep (a failed call without a cost).
@@ -47,10 +47,9 @@ def record_text(record: Mapping[str, Any], raw: Mapping[Path, str] | None = None
     for path, text in (raw or {}).items():
         target: Any = record
         for key in path[:-1]:
-            if isinstance(target, dict):
-                target = target.setdefault(key, {})
-            else:
-                target = target[key]
+            if not isinstance(target.get(key), dict):
+                target[key] = {}  # a missing or non-object step becomes an object
+            target = target[key]
         mark = _placeholder()
         target[path[-1]] = mark
         marks[mark] = text
@@ -80,6 +79,10 @@ class Sent:
     text: str
     call_id: str | None  # the call id as sent (None when the record has none or it is not a string)
     expect: str = "any"  # "billed", "kept" or "any" (either, but exactly one of them)
+    label: str = ""  # what was done to it, for failure reports
+
+    def __repr__(self) -> str:
+        return f"Sent({self.expect}, call_id={self.call_id!r:.40}, {len(self.text)} chars, {self.label or 'sample'})"
 
 
 def valid(**kwargs: Any) -> Sent:
@@ -238,3 +241,160 @@ def names_field(verdict: Verdict, index: int, *fields: str) -> bool:
     text = verdict.entry_text(index)
     details = " ".join(DeferredUsage.objects.values_list("detail", flat=True).order_by("-id")[:50])
     return any(f in text or f in details for f in fields)
+
+
+# --- the mutation vocabulary of the fuzzers (tests/test_fuzz_ingest.py, bench/fuzz_ingest.py) ------------
+
+SAMPLES = [FIXTURES / "litellm-1.108-json-array-batch.json", FIXTURES / "litellm-1.108-failure-embedding-stream.json"]
+END_USERS = ("acct-alice", "acct-bob", "acct-carol")
+
+
+def _templates() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(billable records: success with a cost, every record of every sample)."""
+    everything = [r for path in SAMPLES for r in load_sample(path)]
+    billable = [r for r in everything if r.get("status") == "success" and r.get("response_cost") is not None]
+    return billable, everything
+
+
+BILLABLE_TEMPLATES, ALL_TEMPLATES = _templates()
+
+# Where to mutate: every top-level field of the samples, every metadata field, and the nested fields billing reads.
+MUTATION_PATHS: list[Path] = sorted(
+    {(k,) for r in ALL_TEMPLATES for k in r}
+    | {("metadata", k) for r in ALL_TEMPLATES for k in r.get("metadata") or {}}
+    | {
+        ("metadata", "spend_logs_metadata", "run_id"),
+        ("metadata", "spend_logs_metadata", "attempt"),
+        ("metadata", "requester_custom_headers", "x-litellm-end-user-id"),
+        ("model_map_information", "model_map_value", "input_cost_per_token"),
+        ("model_map_information", "model_map_value", "output_cost_per_token"),
+    },
+    key=repr,
+)
+# The fields billing reads: mutated more often than the rest.
+HOT_PATHS: list[Path] = [
+    ("litellm_call_id",),
+    ("id",),
+    ("end_user",),
+    ("response_cost",),
+    ("response_cost_failure_debug_info",),
+    ("prompt_tokens",),
+    ("completion_tokens",),
+    ("total_tokens",),
+    ("status",),
+    ("model",),
+    ("model_group",),
+    ("custom_llm_provider",),
+    ("call_type",),
+    ("stream",),
+    ("cache_hit",),
+    ("startTime",),
+    ("endTime",),
+    ("metadata",),
+    ("metadata", "user_api_key_hash"),
+    ("metadata", "user_api_key_alias"),
+    ("metadata", "user_api_key_team_id"),
+    ("metadata", "user_api_key_end_user_id"),
+    ("metadata", "spend_logs_metadata"),
+    ("metadata", "spend_logs_metadata", "run_id"),
+    ("metadata", "spend_logs_metadata", "attempt"),
+    ("model_map_information", "model_map_value", "input_cost_per_token"),
+]
+
+# Raw JSON text of hostile values. Strings get a per-use suffix (see hostile_value) so that two
+# mutated records of one batch never share a call id by accident.
+HOSTILE_NUMBERS = [
+    "-1",
+    "-0",
+    "0",
+    "1.5",
+    "-1e-7",
+    "1e-200000",
+    "1e13",
+    "10000000000000",
+    "1e18",
+    "1e19",
+    str(2**31),
+    str(2**63 - 1),
+    str(2**63),
+    str(-(2**63) - 1),
+    "1" + "0" * 5000,  # over Python's 4,300-digit int limit
+    "1e100000",
+    "1e200000",
+    "-1e200000",
+    "1E+131072",
+    "NaN",
+    "Infinity",
+    "-Infinity",
+]
+# Slow on unbounded parsers (22-60 s each on the defect): only in the long run.
+SLOW_NUMBERS = ["1e1000000", "1e2000000"]
+HOSTILE_SHAPES = ["null", "true", "false", "[]", "{}", '[{"a": null}]', '{"run_id": "x", "attempt": "²"}']
+STRING_KINDS = [
+    "nul",
+    "surrogate",
+    "low_surrogate",
+    "superscript",
+    "slash",
+    "long_255",
+    "long_256",
+    "long_600",
+    "empty",
+    "unicode",
+]
+
+
+def hostile_string(kind: str, suffix: str) -> str:
+    """Raw JSON text of a hostile string (escapes kept as JSON escapes, e.g. \\ud800)."""
+    body = {
+        "nul": "a\\u0000b",
+        "surrogate": "\\ud800x",
+        "low_surrogate": "x\\udfff",
+        "superscript": "²",
+        "slash": "run/x",
+        "long_255": "L" * (255 - len(suffix)),
+        "long_256": "L" * (256 - len(suffix)),
+        "long_600": "L" * 600,
+        "empty": "",
+        "unicode": "ü€😀",
+    }[kind]
+    return f'"{body}{suffix}"' if kind != "empty" else '""'
+
+
+def nested_value(depth: int) -> str:
+    return nested(depth)
+
+
+def fresh_record(template: dict[str, Any], *, end_user: str) -> dict[str, Any]:
+    """A copy of a sample record with a fresh call id and response id, billed to `end_user`."""
+    record = copy.deepcopy(template)
+    record["litellm_call_id"] = str(uuid.uuid4())
+    record["id"] = f"chatcmpl-{uuid.uuid4()}"
+    record["end_user"] = end_user
+    if isinstance(record.get("metadata"), dict):
+        record["metadata"]["user_api_key_end_user_id"] = end_user
+    return record
+
+
+def valid_from(template: dict[str, Any], *, end_user: str) -> Sent:
+    record = fresh_record(template, end_user=end_user)
+    return Sent(text=dumps_exact(record), call_id=record["litellm_call_id"], expect="billed")
+
+
+def mutated_from(template: dict[str, Any], *, end_user: str, mutations: Mapping[Path, str]) -> Sent:
+    """A sample record with raw JSON text at some paths; it may be billed or kept (expect "any")."""
+    record = fresh_record(template, end_user=end_user)
+    call_id: str | None = record["litellm_call_id"]
+    if any(path[0] == "litellm_call_id" for path in mutations):
+        try:
+            value = json.loads(mutations[("litellm_call_id",)])
+        except (ValueError, RecursionError, KeyError):
+            value = None
+        call_id = value if isinstance(value, str) else None
+    label = "; ".join(f"{'.'.join(map(str, p))}={t[:40]!r}" for p, t in mutations.items())
+    return Sent(text=record_text(record, mutations), call_id=call_id, expect="any", label=label)
+
+
+def whole_record_replacement(text: str) -> Sent:
+    """A record that is not an object at all (or not JSON): must be kept as invalid."""
+    return Sent(text=text, call_id=None, expect="kept", label=f"whole record {text[:40]!r}")

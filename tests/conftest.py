@@ -40,3 +40,19 @@ def account(db) -> BillingAccount:
     for end_user in ("acct-alice", "acct-bob", "acct-carol"):
         EndUserAliasFactory(account=account, end_user=end_user)
     return account
+
+
+@pytest.fixture
+def live_service(transactional_db, tmp_path, ingest_token: str):
+    """The service under gunicorn (2 gthread workers, DEBUG off) on the test database; needs committed data."""
+    from django.db import connection
+
+    from tests.gunicorn_server import database_url, start_service
+
+    service = start_service(database=database_url(connection.settings_dict), log_dir=tmp_path, token=ingest_token)
+    try:
+        yield service
+    finally:
+        service.stop()
+        # pytest shows captured teardown output only when the test failed.
+        print(f"\n===== gunicorn log =====\n{service.log_tail()}")

@@ -1,0 +1,183 @@
+"""The service as deployed (gunicorn, gthread workers, DEBUG off) on a given database, for tests and benches.
+
+gunicorn runs in its own process group so that a worker stuck in hostile
+input (or orphaned by a kill) is always reaped with it.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+START_DEADLINE_S = 60.0
+LOG_TAIL_LINES = 120
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url(settings_dict: dict[str, Any]) -> str:
+    """A DATABASE_URL for a Django DATABASES entry, in the form settings.py understands."""
+    user = quote(settings_dict.get("USER") or "", safe="")
+    password = settings_dict.get("PASSWORD") or ""
+    credentials = f"{user}:{quote(password, safe='')}" if password else user
+    host = settings_dict.get("HOST") or ""
+    port = settings_dict.get("PORT") or ""
+    name = quote(settings_dict["NAME"], safe="")
+    if host.startswith("/"):  # a Unix-socket directory
+        netloc = f"{credentials}@:{port}" if port else f"{credentials}@"
+        return f"postgresql://{netloc}/{name}?host={quote(host, safe='/')}"
+    netloc = f"{credentials}@{host or 'localhost'}" + (f":{port}" if port else "")
+    return f"postgresql://{netloc}/{name}"
+
+
+def service_env(database: str, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": database,
+        "DEBUG": "false",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DJANGO_SETTINGS_MODULE": "billing_project.settings",
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
+@dataclass
+class Service:
+    proc: subprocess.Popen
+    base_url: str
+    log_path: Path
+    token: str
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    def worker_pids(self) -> list[int]:
+        """The master's live children (its workers)."""
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return []
+        return [int(p) for p in text.split()]
+
+    def client(self, timeout: float = 60.0) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            trust_env=False,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+
+    def wait_workers(self, count: int, deadline_s: float = START_DEADLINE_S) -> list[int]:
+        """Wait until `count` workers answer (after a kill the master forks new ones)."""
+        deadline = time.monotonic() + deadline_s
+        with httpx.Client(base_url=self.base_url, timeout=5.0, trust_env=False) as client:
+            while time.monotonic() < deadline:
+                pids = self.worker_pids()
+                if len(pids) >= count:
+                    try:
+                        if client.get("/healthz").status_code == 200:
+                            return pids
+                    except httpx.HTTPError:
+                        pass
+                try:
+                    code = self.proc.wait(timeout=0.25)
+                except subprocess.TimeoutExpired:
+                    continue
+                raise RuntimeError(f"gunicorn exited with status {code}.\n{self.log_tail()}")
+        raise RuntimeError(f"gunicorn has no {count} ready workers after {deadline_s:.0f}s.\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left (a worker stuck in C code)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def start_service(
+    *, database: str, log_dir: Path, token: str, workers: int = 2, threads: int = 4, **extra_env: str
+) -> Service:
+    """gunicorn on `database` (a DATABASE_URL), ready when /healthz answers 200."""
+    port = free_port()
+    env = service_env(
+        database,
+        BILLING_INGEST_TOKEN=token,
+        WEB_CONCURRENCY=str(workers),
+        WEB_THREADS=str(threads),
+        GUNICORN_ACCESSLOG=str(log_dir / "access.log"),
+        **extra_env,
+    )
+    argv = [sys.executable, "-m", "gunicorn", "billing_project.wsgi", "-c", "billing_project/gunicorn.conf.py"]
+    argv += ["-b", f"127.0.0.1:{port}"]
+    log_path = log_dir / "gunicorn.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    service = Service(proc=proc, base_url=f"http://127.0.0.1:{port}", log_path=log_path, token=token)
+    try:
+        service.wait_workers(workers)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def manage(database: str, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
+    """`python manage.py …` on `database` (a DATABASE_URL)."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=service_env(database),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+SEED_SCRIPT = """
+from accounts.models import BillingAccount, EndUserAlias
+from django.contrib.auth import get_user_model
+owner = get_user_model().objects.create(username="fuzz-owner")
+account = BillingAccount.objects.create(name="Fuzz Inc.", owner=owner)
+for end_user in ("acct-alice", "acct-bob", "acct-carol"):
+    EndUserAlias.objects.create(account=account, end_user=end_user)
+"""
+
+
+def migrate_and_seed(database: str) -> None:
+    """migrate, then one account that acct-alice/acct-bob/acct-carol bill to (like the `account` fixture)."""
+    for args in (("migrate", "--no-input", "-v", "0"), ("shell", "-c", SEED_SCRIPT)):
+        done = manage(database, *args)
+        if done.returncode != 0:
+            raise RuntimeError(f"manage.py {args[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")

@@ -3,7 +3,7 @@
 import unicodedata
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -19,27 +19,15 @@ from accounts.models import (
     TeamBinding,
 )
 from accounts.payer_services import payer_binding_create, run_binding_create
-from billing_project.api import InternalTokenAuthentication, IsInternalService
+from billing_project.api import InternalTokenAuthentication, IsInternalService, error_responses
 
-
-@extend_schema_serializer(component_name="BindingError")
-class ErrorSerializer(serializers.Serializer):
-    error = serializers.CharField()
-    field = serializers.CharField(required=False, help_text="The request field at fault.")
-    fields = serializers.DictField(required=False, help_text="Per-field messages of a 400.")
-
-
-_BINDING_ERRORS = {
-    400: OpenApiResponse(
-        response=ErrorSerializer,
-        description="Invalid input; `field` (or `fields`) names it. An unknown account is a 400 on `account`.",
-    ),
-    401: OpenApiResponse(response=ErrorSerializer, description="Missing or wrong internal bearer token."),
-    409: OpenApiResponse(
-        response=ErrorSerializer,
-        description="The value is already bound to another account (or, for a key, with another `gateway` flag).",
-    ),
-}
+_BINDING_ERRORS = error_responses(
+    400,
+    401,
+    409,
+    e400="Invalid input; `field` (or `fields`) names it. An unknown account is a 400 on `account`.",
+    e409="The value is already bound to another account (or, for a key, with another `gateway` flag).",
+)
 
 
 class _AccountField(serializers.UUIDField):

@@ -8,7 +8,7 @@ from rest_framework.views import APIView
 from accounts.exceptions import IdempotencyConflict
 from accounts.models import BillingAccount, CreditLedgerEntry
 from accounts.services import GRANT_REASONS, InvalidGrant, grant_credits
-from billing_project.api import InternalTokenAuthentication, IsInternalService
+from billing_project.api import InternalTokenAuthentication, IsInternalService, error_responses
 
 
 class CreditGrantApi(APIView):
@@ -53,7 +53,10 @@ class CreditGrantApi(APIView):
         balance_credits = serializers.IntegerField()
         created = serializers.BooleanField()
 
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer, 200: OutputSerializer})
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: OutputSerializer, 200: OutputSerializer, **error_responses(400, 401, 409)},
+    )
     def post(self, request: Request) -> Response:
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

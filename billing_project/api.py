@@ -8,7 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import exceptions
+from drf_spectacular.utils import OpenApiResponse, extend_schema_serializer
+from rest_framework import exceptions, serializers
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -104,3 +105,34 @@ class InternalTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
         return {"type": "http", "scheme": "bearer", "description": "BILLING_INGEST_TOKEN (at least 32 characters)"}
+
+
+@extend_schema_serializer(component_name="Error")
+class ErrorSerializer(serializers.Serializer):
+    """Every 4xx/5xx of the API: what was wrong, and which field (or fields) it was."""
+
+    error = serializers.CharField()
+    field = serializers.CharField(required=False, help_text="The request field at fault.")
+    fields = serializers.DictField(required=False, help_text="Per-field messages of a 400.")
+    detail = serializers.JSONField(required=False)
+
+
+_ERROR_MEANINGS = {
+    400: "Invalid input; `field` (or `fields`) names it.",
+    401: "Missing or wrong internal bearer token.",
+    402: "Payment required.",
+    404: "Not found.",
+    409: "Conflicts with what is already recorded; `field` names it.",
+    411: "A chunked body the server did not terminate: send Content-Length.",
+    413: "Body over the configured limit.",
+    415: "Unsupported Content-Type.",
+    503: "The billing database is unavailable; safe to retry.",
+}
+
+
+def error_responses(*codes: int, **descriptions: str) -> dict[int, OpenApiResponse]:
+    """OpenAPI responses for the given error codes (descriptions by `e400=...` override the defaults)."""
+    return {
+        code: OpenApiResponse(response=ErrorSerializer, description=descriptions.get(f"e{code}", _ERROR_MEANINGS[code]))
+        for code in codes
+    }

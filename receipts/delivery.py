@@ -6,6 +6,7 @@ decoded and judged alone (receipts.usage): one hostile record (NaN, nesting
 thousands deep, a huge number) costs only itself, never its neighbours.
 """
 
+import json
 import re
 
 import msgspec
@@ -34,18 +35,22 @@ def split_delivery(body: bytes) -> list[bytes]:
         return records
     lines = [line.strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
-    if len(lines) == 1 or text[:1] != b"{":
-        return [_single(text)]
-    if not _looks_like_ndjson(text):
-        return [_single(text)]
-    return lines
+    if len(lines) > 1 and not _one_value(text):
+        return lines  # NDJSON: each line a record, judged alone
+    return [_single(text)]
 
 
 def _single(text: bytes) -> bytes:
     try:
         _ONE.decode(text)
     except msgspec.DecodeError as exc:
-        raise BodyError(f"body is not valid JSON: {exc}") from exc
+        # Python's parser also reads NaN and lone surrogates: such a record is judged (and kept), not refused.
+        try:
+            json.loads(text)
+        except RecursionError:
+            pass
+        except ValueError:
+            raise BodyError(f"body is not valid JSON: {exc}") from exc
     except RecursionError:
         pass  # syntactically a record, too deep to build: judged (and kept) as an invalid record
     if text[:1] != b"{":
@@ -54,15 +59,13 @@ def _single(text: bytes) -> bytes:
     return text
 
 
-def _looks_like_ndjson(text: bytes) -> bool:
-    """A pretty-printed single object also spans lines: it is one record only when it parses whole."""
+def _one_value(text: bytes) -> bool:
+    """True when the whole body is one JSON value (e.g. a pretty-printed object spanning lines)."""
     try:
         _ONE.decode(text)
-    except msgspec.DecodeError:
-        return True
-    except RecursionError:
-        return True
-    return False
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True
 
 
 def _split_array(text: bytes) -> list[bytes]:

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
-from billing_project.api import InternalTokenAuthentication, IsInternalService
+from billing_project.api import InternalTokenAuthentication, IsInternalService, error_responses
 from billing_project.http import RequestBodyError, read_request_body
 from receipts.delivery import BodyError
 from receipts.models import ChargeReceipt
@@ -25,10 +25,6 @@ ACCEPTED_CONTENT_TYPES = {
     "application/x-jsonlines",
     "text/plain",
 }
-
-
-_ERROR = inline_serializer("Error", {"error": serializers.CharField(), "field": serializers.CharField(required=False)})
-ERROR_RESPONSES = {400: _ERROR, 401: _ERROR, 413: _ERROR, 415: _ERROR, 503: _ERROR}
 
 
 def _error(message: str, http_status: int, **extra: object) -> Response:
@@ -53,7 +49,7 @@ class UsageIngestApi(APIView):
 
     @extend_schema(
         request={"application/json": OpenApiTypes.OBJECT},
-        responses={200: OutputSerializer, **ERROR_RESPONSES},
+        responses={200: OutputSerializer, **error_responses(400, 401, 411, 413, 415, 503)},
         description="Bill a LiteLLM callback batch: a JSON array, NDJSON, or one record.",
     )
     def post(self, request: Request) -> Response:
@@ -141,9 +137,7 @@ class ReceiptDetailApi(APIView):
         parameters=[OpenApiParameter("wait_ms", int, description="Wait up to this long for the receipt (bounded).")],
         responses={
             200: ReceiptOutputSerializer,
-            400: inline_serializer(
-                "ReceiptBadRequest", {"error": serializers.CharField(), "field": serializers.CharField()}
-            ),
+            **error_responses(400, 401),
             404: inline_serializer(
                 "ReceiptNotBilled", {"error": serializers.CharField(), "status": serializers.CharField()}
             ),

@@ -209,7 +209,7 @@ def test_openapi_documents_the_binding_apis(client: Client) -> None:
         "RunRegistration",
         "PayerBindingRequest",
         "PayerBinding",
-        "BindingError",
+        "Error",
     ):
         assert component in schema["components"]["schemas"], component
     for path in ("/api/internal/billing/runs", "/api/internal/billing/payer-bindings"):

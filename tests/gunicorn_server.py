@@ -166,12 +166,14 @@ def manage(database: str, *args: str, timeout: float = 300.0) -> subprocess.Comp
 
 
 SEED_SCRIPT = """
-from accounts.models import BillingAccount, EndUserAlias
+from accounts.models import ApiKeyBinding, BillingAccount, EndUserAlias
 from django.contrib.auth import get_user_model
 owner = get_user_model().objects.create(username="fuzz-owner")
 account = BillingAccount.objects.create(name="Fuzz Inc.", owner=owner)
 for end_user in ("acct-alice", "acct-bob", "acct-carol"):
     EndUserAlias.objects.create(account=account, end_user=end_user)
+# The samples were sent with LiteLLM's master key, held by a trusted gateway: its end users' aliases decide.
+ApiKeyBinding.objects.create(key_hash="litellm_proxy_master_key", is_gateway=True, account=account)
 """
 
 

@@ -35,6 +35,7 @@ from accounts.models import BillingAccount, CreditLedgerEntry
 from accounts.money import usd_to_credits
 from accounts.services import grant_credits
 from receipts.models import ChargeReceipt, DeferredUsage, IngestBatch
+from receipts.selectors import delivered_record
 from tests.factories import BillingAccountFactory, EndUserAliasFactory
 
 pytestmark = pytest.mark.e2e
@@ -388,7 +389,9 @@ def test_calls_through_the_real_proxy_are_billed_exactly_once(billing_service: P
         assert receipt.source_reference == f"{call.call_id}/0/{call.call_id}"
         assert receipt.ledger_entry.amount_credits == -receipt.charged_credits
         assert receipt.ledger_entry.reason == CreditLedgerEntry.Reason.USAGE
-        assert "messages" not in receipt.raw_record and "response" not in receipt.raw_record
+        assert receipt.payer_source == "end_user"  # the proxy's master key is bound as a trusted gateway
+        delivered = delivered_record(ingest_batch_id=receipt.ingest_batch_id, position=receipt.batch_position)
+        assert json.loads(delivered)["litellm_call_id"] == call.call_id  # the exact record, kept with its delivery
 
     # Each balance moved by exactly the credits charged to it, and equals its ledger.
     for account in (alice, bob):

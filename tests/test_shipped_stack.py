@@ -144,7 +144,8 @@ def test_compose_passes_litellm_the_variables_it_reads() -> None:
     names = set(litellm["environment"])
     # Each one LiteLLM is supposed to read (the database, the master key, the generic_api logger).
     assert {"DATABASE_URL", "LITELLM_MASTER_KEY", "GENERIC_LOGGER_ENDPOINT", "GENERIC_LOGGER_HEADERS"} <= names
-    source = _litellm_source()
+    # LiteLLM's own source, and our plugin that LiteLLM loads (litellm_billing_plugin/).
+    source = _litellm_source() + "\n".join(p.read_text() for p in (ROOT / "litellm_billing_plugin").rglob("*.py"))
     unread = sorted(name for name in names if f'"{name}"' not in source and f"'{name}'" not in source)
     assert unread == [], f"LiteLLM {LITELLM_PACKAGE} never reads {unread}"
     # The name compose used to pass: LiteLLM reads it nowhere, so it must not come back.

@@ -1,15 +1,37 @@
+"""`bin/run`'s demo: an admin login, a demo account with credits, and a month of usage posted to the real
+ingest endpoint, so the invoice page, its chart and the admin show something on first start.
+
+The usage (accounts/demo_usage.py) comes from LiteLLM's master key, bound here as a
+gateway key to a "Gateway operator" account, with aliases that make the demo end
+users bill the demo account: the records go through authentication, the delivery
+store, judging, the payer resolver and the one writer like any LiteLLM delivery.
+Re-running changes nothing: the logins, account, bindings and grant are created
+once, and the month is posted only while its last delivery has not landed (the
+call ids are fixed, so even --repost bills nothing twice).
+"""
+
+import logging
 import secrets
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
 
-from accounts.models import BillingAccount, EndUserAlias
+from accounts.demo_usage import DAYS, END_USERS, UNBOUND_END_USER, delivery_body, demo_calls
+from accounts.litellm_keys import LITELLM_MASTER_KEY_HASH
+from accounts.models import ApiKeyBinding, BillingAccount, EndUserAlias
+from accounts.payer_services import api_key_binding_create
 from accounts.services import billing_account_create, end_user_alias_create, grant_credits
 
 DEMO_GRANT_KEY = "demo-initial-grant"
+GATEWAY_ACCOUNT_NAME = "Gateway operator"
 
 
 def _password(name: str) -> str:
@@ -22,11 +44,54 @@ def _password(name: str) -> str:
     return path.read_text().strip()
 
 
+def _host() -> str:
+    """A Host header the running settings accept (the ingest goes through the whole middleware stack)."""
+    for host in settings.ALLOWED_HOSTS:
+        if host != "*":
+            return host.lstrip(".")
+    return "localhost"
+
+
 class Command(BaseCommand):
-    help = "Create (once) an admin login and a demo account with credits, and print how to use them."
+    help = (
+        "Create (once) an admin login and a demo account with credits, post a month of demo LiteLLM usage "
+        "through the ingest endpoint, and print how to use them."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--no-usage", action="store_true", help="do not post the demo month of usage")
+        parser.add_argument(
+            "--repost",
+            action="store_true",
+            help="post the demo month even if it has landed before (idempotent: bills nothing twice)",
+        )
+
+    def handle(self, *args: object, **options: Any) -> None:
+        admin, admin_password, demo, demo_password, account, gateway_ok = self._setup()
+        usage_lines: list[str] = []
+        if not options["no_usage"]:
+            usage_lines = self._post_usage(gateway_ok=gateway_ok, repost=options["repost"])
+        account.refresh_from_db()
+        admin_shown = admin_password if admin.check_password(admin_password) else "(changed)"
+        demo_shown = demo_password if demo.check_password(demo_password) else "(changed)"
+        self.stdout.write(
+            "\n".join(
+                [
+                    "",
+                    f"  admin login:   http://127.0.0.1:8000/admin/   admin / {admin_shown}",
+                    f"  demo invoice:  http://127.0.0.1:8000/billing/invoice/   demo / {demo_shown}",
+                    f"  demo account:  {account.public_id} (end users {', '.join(END_USERS)}),"
+                    f" balance {account.balance_credits} credits",
+                    *usage_lines,
+                    "  ingest:        POST http://127.0.0.1:8000/api/internal/billing/ingest",
+                    "                 Authorization: Bearer $BILLING_INGEST_TOKEN (in .env)",
+                    "",
+                ]
+            )
+        )
 
     @transaction.atomic
-    def handle(self, *args: object, **options: object) -> None:
+    def _setup(self) -> tuple[Any, str, Any, str, BillingAccount, bool]:
         User = get_user_model()
         admin_password = _password("admin")
         admin, created = User.objects.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
@@ -41,8 +106,9 @@ class Command(BaseCommand):
         account = BillingAccount.objects.filter(owner=demo).first() or billing_account_create(
             name="Demo account", owner=demo
         )
-        if not EndUserAlias.objects.filter(end_user="demo-user").exists():
-            end_user_alias_create(account=account, end_user="demo-user")
+        for end_user in END_USERS:
+            if not EndUserAlias.objects.filter(end_user=end_user).exists():
+                end_user_alias_create(account=account, end_user=end_user)
         grant_credits(
             account=account,
             amount_credits=10_000_000,
@@ -50,20 +116,56 @@ class Command(BaseCommand):
             idempotency_key=DEMO_GRANT_KEY,
             memo="demo credits from bin/run",
         )
-        account.refresh_from_db()
-        admin_shown = admin_password if admin.check_password(admin_password) else "(changed)"
-        demo_shown = demo_password if demo.check_password(demo_password) else "(changed)"
-        self.stdout.write(
-            "\n".join(
-                [
-                    "",
-                    f"  admin login:   http://127.0.0.1:8000/admin/   admin / {admin_shown}",
-                    f"  demo invoice:  http://127.0.0.1:8000/billing/invoice/   demo / {demo_shown}",
-                    f"  demo account:  {account.public_id} (end user 'demo-user'),"
-                    f" balance {account.balance_credits} credits",
-                    "  ingest:        POST http://127.0.0.1:8000/api/internal/billing/ingest",
-                    "                 Authorization: Bearer $BILLING_INGEST_TOKEN (in .env)",
-                    "",
-                ]
-            )
+        return admin, admin_password, demo, demo_password, account, self._gateway()
+
+    def _gateway(self) -> bool:
+        """Bind LiteLLM's master key as a trusted gateway key (once); False if it is bound otherwise."""
+        binding = ApiKeyBinding.objects.filter(key_hash=LITELLM_MASTER_KEY_HASH).first()
+        if binding is not None:
+            return binding.is_gateway
+        operator = BillingAccount.objects.filter(name=GATEWAY_ACCOUNT_NAME, owner=None).first()
+        api_key_binding_create(
+            account=operator or billing_account_create(name=GATEWAY_ACCOUNT_NAME),
+            key_hash=LITELLM_MASTER_KEY_HASH,
+            is_gateway=True,
+            label="LiteLLM master key (bin/run demo gateway)",
         )
+        return True
+
+    def _post_usage(self, *, gateway_ok: bool, repost: bool) -> list[str]:
+        if not gateway_ok:
+            return ["  demo usage:    skipped: LiteLLM's master key is bound as an ordinary key, not a gateway key"]
+        if not settings.BILLING_INGEST_TOKEN:
+            return ["  demo usage:    skipped: BILLING_INGEST_TOKEN is not set"]
+        client = Client(
+            HTTP_HOST=_host(),
+            headers={"Authorization": f"Bearer {settings.BILLING_INGEST_TOKEN}", "User-Agent": "bin/run billing_demo"},
+        )
+        days = demo_calls()
+        # The month's deliveries go in order: once the last one's first call is billed, all of them landed.
+        request_log = logging.getLogger("django.request")
+        level = request_log.level
+        request_log.setLevel(logging.ERROR)  # the probe's 404 ("not billed yet") is the expected first answer
+        try:
+            probe = client.get(reverse("billing-receipt", args=[days[-1][0].litellm_call_id]))
+        finally:
+            request_log.setLevel(level)
+        if probe.status_code == 200 and not repost:
+            return ["  demo usage:    posted before (manage.py billing_demo --repost posts it again)"]
+        now = timezone.now()
+        totals: Counter[str] = Counter()
+        for calls in days:
+            response = client.post(
+                reverse("billing-ingest"), data=delivery_body(calls, now=now), content_type="application/json"
+            )
+            if response.status_code != 200:
+                raise CommandError(f"demo delivery refused: HTTP {response.status_code} {response.content[:500]!r}")
+            totals.update({k: v for k, v in response.json().items() if isinstance(v, int)})
+        calls_posted = sum(len(calls) for calls in days)
+        return [
+            f"  demo usage:    {calls_posted} LiteLLM calls over {DAYS} days posted to the ingest endpoint:"
+            f" {totals['processed']} billed, {totals['duplicates']} already billed, {totals['deferred']} deferred",
+            "                 (one unknown_cost; one unknown_payer: alias"
+            f" '{UNBOUND_END_USER}' to an account in the admin to bill it)",
+            "                 invoices date a charge by when it was billed, so this month's usage shows on today",
+        ]

@@ -8,6 +8,7 @@ from accounts.views import CreditGrantApi
 from billing_project.api import internal_only
 from billing_project.health import healthz
 from receipts.views import ReceiptDetailApi, UsageIngestApi
+from reconciliation.views import RunReconcileApi
 
 internal = [
     path("ingest", UsageIngestApi.as_view(), name="billing-ingest"),
@@ -15,6 +16,8 @@ internal = [
     path("credits", CreditGrantApi.as_view(), name="billing-credits"),
     path("runs", RunRegisterApi.as_view(), name="billing-runs"),
     path("payer-bindings", PayerBindingApi.as_view(), name="billing-payer-bindings"),
+    # <path:…>: run ids may contain "/".
+    path("runs/<path:run_id>/reconcile", RunReconcileApi.as_view(), name="billing-run-reconcile"),
 ]
 
 urlpatterns = [

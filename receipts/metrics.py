@@ -53,3 +53,10 @@ deferred_retries_total = Counter(
     "Retries of deferred usage records by result",
     ["result"],  # billed, duplicate, waiting, expired, skipped, litellm_error
 )
+
+# --- Latency of the callback path ------------------------------------------------------------
+ingest_lag_seconds = Histogram(
+    "billing_ingest_lag_seconds",
+    "From a call's endTime (LiteLLM's record) to its receipt committed, for receipts from callbacks",
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)

@@ -1,6 +1,6 @@
 """Prometheus metrics of reconcile runs (served on /metrics; names unchanged since they lived in receipts)."""
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 reconcile_discrepancies = Gauge(
     "billing_reconcile_discrepancies",
@@ -35,4 +35,16 @@ reconcile_rows_total = Counter(
 reconcile_backfilled_total = Counter(
     "billing_reconcile_backfilled_total",
     "Receipts written by `reconcile --apply` for calls LiteLLM billed but we never received",
+)
+
+# --- Per-run reconcile (reconciliation/runs.py) --------------------------------------------------
+run_reconcile_latency_seconds = Histogram(
+    "billing_run_reconcile_latency_seconds",
+    "Wall time of one per-run reconcile (read the run's spend logs, backfill, report)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+run_reconciles_total = Counter(
+    "billing_run_reconciles_total",
+    "Per-run reconciles by outcome",
+    ["outcome"],  # clean, discrepancies, not_found, source_error, error
 )

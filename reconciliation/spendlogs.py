@@ -5,7 +5,7 @@ pages into PostgreSQL with COPY; the checks then compare set-wise in SQL.
 """
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -235,17 +235,9 @@ def _ceil_second(value: datetime) -> datetime:
 def load_spend_logs(cursor: Any, client: LiteLLMClient, window: Window, *, progress: bool) -> int:
     """COPY the spend logs of the window (plus EDGE on both sides) into reconcile_rows; returns rows read."""
     start, end = _floor_second(window.since - EDGE), _ceil_second(window.until + EDGE)
-    columns = ", ".join(f"{name} {kind}" for name, kind in SPEND_COLUMNS)
     # Slices overlap at their bounds and a re-read slice repeats rows: a request_id can come
     # twice. The comparisons below tolerate that (only their few results are made distinct).
-    cursor.execute(
-        f"""
-        CREATE TEMP TABLE reconcile_rows ({columns},
-            base_request_id text GENERATED ALWAYS AS (
-                CASE WHEN litellm_call_id IS NULL THEN regexp_replace(request_id, '_cache_hit[0-9.]+$', '') END
-            ) STORED)
-        """
-    )
+    create_rows_table(cursor)
     bar = tqdm(
         total=int((end - start).total_seconds()),
         unit="s",
@@ -281,7 +273,35 @@ def load_spend_logs(cursor: Any, client: LiteLLMClient, window: Window, *, progr
     if failure is not None:
         raise failure
     logger.info("read %d spend-log rows in %d requests", read, reader.requests)
+    index_rows_table(cursor)
+    return read
+
+
+def create_rows_table(cursor: Any) -> None:
+    """The temp table reconcile_rows (SPEND_COLUMNS) that the checks and the backfill read."""
+    columns = ", ".join(f"{name} {kind}" for name, kind in SPEND_COLUMNS)
+    cursor.execute(
+        f"""
+        CREATE TEMP TABLE reconcile_rows ({columns},
+            base_request_id text GENERATED ALWAYS AS (
+                CASE WHEN litellm_call_id IS NULL THEN regexp_replace(request_id, '_cache_hit[0-9.]+$', '') END
+            ) STORED)
+        """
+    )
+
+
+def copy_rows(cursor: Any, rows: Iterable[SpendLogRow]) -> int:
+    """COPY rows already read (a run's few) into reconcile_rows; returns how many."""
+    names = ", ".join(name for name, _ in SPEND_COLUMNS)
+    count = 0
+    with cursor.copy(f"COPY reconcile_rows ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(_copy_values(row))
+            count += 1
+    return count
+
+
+def index_rows_table(cursor: Any) -> None:
     # Rows without a call id (older LiteLLM) are matched by request id: usually none, so a small index.
     cursor.execute("CREATE INDEX ON reconcile_rows (base_request_id) WHERE base_request_id IS NOT NULL")
     cursor.execute("ANALYZE reconcile_rows")
-    return read

@@ -87,11 +87,12 @@ def spend_logs_metadata(
     key_alias: str | None = None,
     team_id: str | None = None,
     cost: Decimal | None = None,
+    api_key: str = API_KEY_HASH,
 ) -> dict[str, Any]:
     """SpendLogsMetadata as get_logging_payload() fills it for a proxy call (the keys of the pinned TypedDict)."""
     return {
         "additional_usage_values": {},
-        "user_api_key": API_KEY_HASH,
+        "user_api_key": api_key,
         "user_api_key_alias": key_alias,
         "user_api_key_team_id": team_id,
         "user_api_key_project_id": None,
@@ -160,20 +161,26 @@ def spend_log_row(
     prompt_tokens: int = 10,
     completion_tokens: int = 20,
     cache_hit: bool = False,
+    api_key: str = API_KEY_HASH,
+    team_id: str = "",
+    end_time: datetime | None = None,
 ) -> dict[str, Any]:
-    """One stored LiteLLM_SpendLogs row (as SpendLogsPayload: metadata and request_tags are JSON strings)."""
+    """One stored LiteLLM_SpendLogs row (as SpendLogsPayload: metadata and request_tags are JSON strings).
+
+    api_key is the hash LiteLLM logs for the caller's key, team_id its team ("" for none).
+    """
     call_id = litellm_call_id if litellm_call_id is not None else str(uuid.uuid4())
     start = start_time or datetime.now(UTC) - timedelta(hours=1)
     return {
         "request_id": request_id or f"chatcmpl-{uuid.uuid4()}",
         "call_type": "acompletion",
-        "api_key": API_KEY_HASH,
+        "api_key": api_key,
         "spend": spend,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "startTime": start,
-        "endTime": start + timedelta(milliseconds=250),
+        "endTime": end_time or start + timedelta(milliseconds=250),
         "completionStartTime": start + timedelta(milliseconds=250),
         "request_duration_ms": 250,
         "model": "openai/gpt-4o-mini",
@@ -187,13 +194,15 @@ def spend_log_row(
                 litellm_call_id=call_id,
                 status=status,
                 spend_logs_metadata=spend_logs_meta,
+                team_id=team_id or None,
                 cost=None if spend is None else Decimal(spend),
+                api_key=api_key,
             )
         ),
         "cache_hit": str(cache_hit),
         "cache_key": "Cache OFF",
         "request_tags": json.dumps(["User-Agent: python-httpx", "User-Agent: python-httpx/0.28.1"]),
-        "team_id": "",
+        "team_id": team_id,
         "organization_id": "",
         "end_user": end_user,
         "requester_ip_address": "127.0.0.1",

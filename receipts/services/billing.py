@@ -239,15 +239,21 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
         else:
             outcomes.append(CommitOutcome("duplicate", fact.litellm_call_id, known.get(ref)))
     suspects = sum(1 for f, _ in new if f.zero_cost_suspect)
-    transaction.on_commit(lambda: _count_outcomes(outcomes, suspects))
+    # Callbacks only: a backfilled receipt (from a spend-log row) is late by design, not ingest lag.
+    ended = [f.ended_at for f, _ in new if f.ended_at is not None and not f.spend_log_request_id]
+    transaction.on_commit(lambda: _count_outcomes(outcomes, suspects, ended))
     return outcomes
 
 
-def _count_outcomes(outcomes: Sequence[CommitOutcome], suspects: int) -> None:
+def _count_outcomes(outcomes: Sequence[CommitOutcome], suspects: int, ended: Sequence[datetime] = ()) -> None:
     for outcome in outcomes:
         metrics.receipts_total.labels(outcome=outcome.outcome).inc()
     if suspects:
         metrics.zero_cost_suspect_total.inc(suspects)
+    committed = timezone.now()
+    for ended_at in ended:
+        # endTime comes from LiteLLM's clock: a skewed one never makes a negative lag.
+        metrics.ingest_lag_seconds.observe(max(0.0, (committed - ended_at).total_seconds()))
 
 
 def close_open_deferrals(*, references: list[str]) -> None:

@@ -3,6 +3,7 @@ from django.urls import include, path
 from django_prometheus.exports import ExportToDjangoView
 from drf_spectacular.views import SpectacularAPIView
 
+from accounts.hold_views import AuthorizeApi, AuthorizeReleaseApi
 from accounts.payer_views import PayerBindingApi, RunRegisterApi
 from accounts.views import CreditGrantApi
 from billing_project.api import internal_only
@@ -15,6 +16,8 @@ internal = [
     path("credits", CreditGrantApi.as_view(), name="billing-credits"),
     path("runs", RunRegisterApi.as_view(), name="billing-runs"),
     path("payer-bindings", PayerBindingApi.as_view(), name="billing-payer-bindings"),
+    path("authorize", AuthorizeApi.as_view(), name="billing-authorize"),
+    path("authorize/<str:litellm_call_id>", AuthorizeReleaseApi.as_view(), name="billing-authorize-release"),
 ]
 
 urlpatterns = [

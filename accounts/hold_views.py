@@ -9,7 +9,8 @@ import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import JSONParser
@@ -39,6 +40,7 @@ class ExactJSONParser(JSONParser):
             raise ParseError(f"JSON parse error - {exc}") from exc
 
 
+@extend_schema_field(OpenApiTypes.DECIMAL)
 class UsdAmountField(serializers.Field):
     """A USD amount as decimal text ("0.0042") or a JSON number (parsed exactly); never a bool."""
 

@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.hold_selectors import available_credits, credit_availability, held_credits
+from accounts.hold_selectors import credit_availability
 from accounts.models import BillingAccount
 from accounts.money import credits_to_usd
 from accounts.selectors import accounts_for_user
@@ -208,14 +208,15 @@ class BalanceApi(APIView):
         held_credits = serializers.SerializerMethodField(help_text="credits held by calls in flight (open holds)")
 
         def get_available_credits(self, account: BillingAccount) -> int:
-            return available_credits(account=account)
+            return self.context["availability"].available_credits
 
         def get_held_credits(self, account: BillingAccount) -> int:
-            return held_credits(account=account)
+            return self.context["availability"].held_credits
 
     @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer})
     def get(self, request: Request) -> Response:
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
         account = _account_or_404(request, params.validated_data["account"])
-        return Response(self.OutputSerializer(account).data)
+        availability = credit_availability(account=account)
+        return Response(self.OutputSerializer(account, context={"availability": availability}).data)

@@ -27,6 +27,7 @@ from accounts.admin_bindings import (
     bindings_links,
     save_binding_formset,
 )
+from accounts.admin_holds import OpenCreditHoldInline, holds_summary
 from accounts.exceptions import IdempotencyConflict
 from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
 from accounts.money import credits_per_usd, credits_to_usd
@@ -134,17 +135,21 @@ class GrantCreditsForm(forms.Form):
 class BillingAccountAdmin(admin.ModelAdmin):
     list_display = ["name", "public_id", "owner", "balance_credits", "balance_usd", "created_at", "grant_link"]
     search_fields = ["name", "=public_id", "aliases__end_user", "owner__username"]
-    fields = ["name", "owner", "public_id", "balance_credits", "balance_usd", "created_at", "books", "payers"]
-    readonly_fields = ["public_id", "balance_credits", "balance_usd", "created_at", "books", "payers"]
+    fields = ["name", "owner", "public_id", "balance_credits", "balance_usd", "holds", "created_at", "books", "payers"]
+    readonly_fields = ["public_id", "balance_credits", "balance_usd", "holds", "created_at", "books", "payers"]
     raw_id_fields = ["owner"]
     list_select_related = ["owner"]
     # Who pays: the account's keys, teams, runs and end-user aliases (accounts/admin_bindings.py).
-    inlines = [ApiKeyBindingInline, TeamBindingInline, RunBindingInline, EndUserAliasInline]
+    inlines = [ApiKeyBindingInline, TeamBindingInline, RunBindingInline, EndUserAliasInline, OpenCreditHoldInline]
     change_form_template = "admin/accounts/billingaccount/change_form.html"
 
     @admin.display(description="balance (USD)")
     def balance_usd(self, account: BillingAccount) -> str:
         return f"{credits_to_usd(account.balance_credits):.6f}" if account.pk else "-"
+
+    @admin.display(description="available (balance − open holds)")
+    def holds(self, account: BillingAccount) -> str:
+        return holds_summary(account) if account.pk else "-"
 
     @admin.display(description="ledger")
     def books(self, account: BillingAccount) -> str:

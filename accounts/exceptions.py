@@ -31,3 +31,19 @@ class BindingConflict(BillingError):
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class InvalidAuthorization(BillingError):
+    """An authorize request the service cannot decide (negative or unbounded estimate...); `field` names it."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class HoldConflict(BillingError):
+    """The call already holds credits for another estimate."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field

@@ -194,3 +194,72 @@ class RunBinding(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.run_id}"
+
+
+# --- Can they pay: credit holds (HOLDS_NEVER_OVERSPEND) ---------------------------------
+class CreditHold(models.Model):
+    """A soft reservation of credits for one proxied call, taken before the call (README, "Can they pay").
+
+    Not ledger money: a hold never moves the balance. available = balance − open holds (status held,
+    not past expires_at), decided under the account's row lock. The call's receipt settles it in the
+    same transaction (receipts.services.billing.commit_usage_facts); without one it expires.
+    """
+
+    class Status(models.TextChoices):
+        HELD = "held", "Held"
+        SETTLED = "settled", "Settled"
+        RELEASED = "released", "Released"
+        EXPIRED = "expired", "Expired"
+
+    hold_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="credit_holds")
+    litellm_call_id = models.CharField(max_length=255, unique=True)
+    model = models.CharField(max_length=255, blank=True, default="")
+    payer_source = models.CharField(max_length=16, choices=PayerSource.choices)
+    # Kept as sent (Decimal from the JSON text) so a replay is compared with the estimate, not its rounding.
+    estimated_cost_usd = models.DecimalField(max_digits=48, decimal_places=30)
+    held_credits = models.BigIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.HELD)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+    settled_at = models.DateTimeField(null=True, blank=True)
+    # When it was released or expired.
+    closed_at = models.DateTimeField(null=True, blank=True)
+    # The call's receipt: set when it settles the hold, or when it lands after the hold was released or expired.
+    receipt = models.OneToOneField(
+        "receipts.ChargeReceipt",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="credit_hold",
+    )
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # available_credits(): the open holds of one account.
+            models.Index(
+                fields=["account", "expires_at"], condition=Q(status="held"), name="credithold_open_by_account"
+            ),
+            # expire_holds(): the open holds past their expiry.
+            models.Index(fields=["expires_at"], condition=Q(status="held"), name="credithold_open_by_expiry"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(held_credits__gte=0), name="credithold_held_not_negative"),
+            models.CheckConstraint(condition=Q(estimated_cost_usd__gte=0), name="credithold_estimate_not_negative"),
+            models.CheckConstraint(
+                condition=Q(status__in=["held", "settled", "released", "expired"]), name="credithold_status_known"
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="settled") | (Q(receipt__isnull=False) & Q(settled_at__isnull=False)),
+                name="credithold_settled_has_receipt",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status__in=["released", "expired"]) | Q(closed_at__isnull=False),
+                name="credithold_closed_has_time",
+            ),
+            models.CheckConstraint(condition=~Q(litellm_call_id=""), name="credithold_call_id_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold {self.held_credits} for {self.litellm_call_id} ({self.status})"

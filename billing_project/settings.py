@@ -197,6 +197,19 @@ BILLING_RECONCILE_REPORT_LIMIT = env.int("BILLING_RECONCILE_REPORT_LIMIT", defau
 # without virtual keys that no untrusted party can reach.
 BILLING_TRUST_END_USER = env.bool("BILLING_TRUST_END_USER", default=False)
 
+# Can they pay (README, "Can they pay: credit holds"). A hold taken by
+# POST /api/internal/billing/authorize expires BILLING_HOLD_TTL_SECONDS after it was taken
+# unless its call's receipt settles it first; the sweep marks it expired. An authorize whose
+# payer no binding decides is refused (deny) or let through without a hold (allow).
+BILLING_HOLD_TTL_SECONDS = env.int("BILLING_HOLD_TTL_SECONDS", default=600)
+BILLING_AUTHORIZE_UNKNOWN_PAYER = env.str("BILLING_AUTHORIZE_UNKNOWN_PAYER", default="deny")
+if BILLING_AUTHORIZE_UNKNOWN_PAYER not in ("deny", "allow"):
+    raise environ.ImproperlyConfigured(
+        f"BILLING_AUTHORIZE_UNKNOWN_PAYER must be deny or allow, not {BILLING_AUTHORIZE_UNKNOWN_PAYER!r}"
+    )
+if BILLING_HOLD_TTL_SECONDS <= 0:
+    raise environ.ImproperlyConfigured("BILLING_HOLD_TTL_SECONDS must be a positive number of seconds")
+
 LITELLM_BASE_URL = env.str("LITELLM_BASE_URL", default="http://127.0.0.1:4000")
 LITELLM_MASTER_KEY = env.str("LITELLM_MASTER_KEY", default="")
 LITELLM_TIMEOUT_SECONDS = env.float("LITELLM_TIMEOUT_SECONDS", default=10.0)
@@ -230,6 +243,10 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-books": {
         "task": "reconciliation.tasks.reconcile_books",
         "schedule": timedelta(seconds=BILLING_RECONCILE_SECONDS),
+    },
+    "expire-credit-holds": {
+        "task": "accounts.tasks.expire_credit_holds",
+        "schedule": timedelta(seconds=BILLING_DEFERRED_SWEEP_SECONDS),
     },
 }
 

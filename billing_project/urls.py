@@ -3,6 +3,7 @@ from django.urls import include, path
 from django_prometheus.exports import ExportToDjangoView
 from drf_spectacular.views import SpectacularAPIView
 
+from accounts.hold_views import AuthorizeApi, AuthorizeReleaseApi
 from accounts.payer_views import PayerBindingApi, RunRegisterApi
 from accounts.views import CreditGrantApi
 from billing_project.api import internal_only
@@ -18,6 +19,8 @@ internal = [
     path("payer-bindings", PayerBindingApi.as_view(), name="billing-payer-bindings"),
     # <path:…>: run ids may contain "/".
     path("runs/<path:run_id>/reconcile", RunReconcileApi.as_view(), name="billing-run-reconcile"),
+    path("authorize", AuthorizeApi.as_view(), name="billing-authorize"),
+    path("authorize/<str:litellm_call_id>", AuthorizeReleaseApi.as_view(), name="billing-authorize-release"),
 ]
 
 urlpatterns = [

@@ -23,6 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.hold_selectors import credit_availability
 from accounts.models import BillingAccount
 from accounts.money import credits_to_usd
 from accounts.selectors import accounts_for_user
@@ -92,6 +93,7 @@ class InvoicePageView(LoginRequiredMixin, View):
             "next_url": _invoice_url(period.next, invoice.account, many_accounts=many)
             if period.next <= this_month
             else None,
+            "availability": credit_availability(account=invoice.account),
             "identity_holds": invoice.opening_credits + invoice.added_credits - invoice.used_credits
             == invoice.closing_credits,
         }
@@ -188,7 +190,7 @@ class InvoiceApi(APIView):
 
 
 class BalanceApi(APIView):
-    """GET /billing/balance[?account=<uuid>] → {"account", "balance_credits", "balance_usd"}."""
+    """GET /billing/balance[?account=<uuid>] → balance, its USD value, and available (balance − open holds)."""
 
     class InputSerializer(serializers.Serializer):
         account = serializers.UUIDField(required=False, allow_null=True, default=None)
@@ -202,9 +204,19 @@ class BalanceApi(APIView):
         def get_balance_usd(self, account: BillingAccount) -> str:
             return f"{credits_to_usd(account.balance_credits):.6f}"
 
+        available_credits = serializers.SerializerMethodField(help_text="balance − credits held by calls in flight")
+        held_credits = serializers.SerializerMethodField(help_text="credits held by calls in flight (open holds)")
+
+        def get_available_credits(self, account: BillingAccount) -> int:
+            return self.context["availability"].available_credits
+
+        def get_held_credits(self, account: BillingAccount) -> int:
+            return self.context["availability"].held_credits
+
     @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer})
     def get(self, request: Request) -> Response:
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
         account = _account_or_404(request, params.validated_data["account"])
-        return Response(self.OutputSerializer(account).data)
+        availability = credit_availability(account=account)
+        return Response(self.OutputSerializer(account, context={"availability": availability}).data)

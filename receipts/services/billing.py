@@ -16,6 +16,7 @@ import psycopg
 from django.db import connection, transaction
 from django.utils import timezone
 
+from accounts.hold_services import settle_holds
 from accounts.models import CreditLedgerEntry
 from accounts.money import ChargeRate, current_charge_rate
 from accounts.selectors import PayerDecision, PayerQuery, resolve_payers
@@ -203,6 +204,12 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
         ],
         batch_size=_CHUNK,
     )
+    # HOLDS_NEVER_OVERSPEND: each new receipt settles its call's hold in this same transaction (the charge
+    # above has landed in full whatever the hold was: POST_CALL_NEVER_BLOCKS).
+    receipt_by_call: dict[str, int] = {}
+    for f, _ in new:
+        receipt_by_call.setdefault(f.litellm_call_id, inserted[f.source_reference])
+    settle_holds(litellm_call_ids=list(receipt_by_call), receipts_by_call_id=receipt_by_call, now=now)
     known = {**_existing_receipts(set(first_by_ref) - set(inserted)), **inserted}
     close_open_deferrals(references=list(known))
     if inserted:

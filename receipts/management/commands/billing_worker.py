@@ -3,7 +3,7 @@
 bin/run starts it when CELERY_BROKER_URL is empty. It runs the same two jobs
 as Celery beat, on the same schedule (settings.CELERY_BEAT_SCHEDULE):
 the deferred-usage sweep every BILLING_DEFERRED_SWEEP_SECONDS (each due
-record is retried right here) and the scheduled reconcile every
+record is retried right here, then expired credit holds are marked) and the scheduled reconcile every
 BILLING_RECONCILE_SECONDS. SIGTERM or SIGINT stops it after the job in hand.
 """
 
@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections, connection
 
+from accounts.tasks import expire_credit_holds
 from receipts.tasks import sweep_deferred_usage
 from reconciliation.tasks import reconcile_books
 
@@ -65,6 +66,7 @@ class Command(BaseCommand):
             _drop_stale_connections()
             if time.monotonic() >= next_sweep:
                 self._run(sweep_deferred_usage, "deferred usage sweep")
+                self._run(expire_credit_holds, "credit hold expiry")
                 next_sweep = time.monotonic() + sweep_every
             if reconcile and time.monotonic() >= next_reconcile and not stop.is_set():
                 self._run(reconcile_books, "scheduled reconcile")

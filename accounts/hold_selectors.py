@@ -1,0 +1,45 @@
+"""Reads of credit holds: what is reserved, and what is left to spend (available = balance − open holds)."""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import QuerySet, Sum
+from django.utils import timezone
+
+from accounts.models import BillingAccount, CreditHold
+
+
+def open_holds(*, account: BillingAccount | None = None, now: datetime | None = None) -> QuerySet[CreditHold]:
+    """Holds that still reserve credits: status held and not past their expiry (the sweep may not have run yet)."""
+    holds = CreditHold.objects.filter(status=CreditHold.Status.HELD, expires_at__gt=now or timezone.now())
+    if account is not None:
+        holds = holds.filter(account=account)
+    return holds.order_by("expires_at", "id")
+
+
+def held_credits(*, account: BillingAccount, now: datetime | None = None) -> int:
+    total = open_holds(account=account, now=now).aggregate(s=Sum("held_credits"))["s"]
+    return int(total or 0)
+
+
+def available_credits(*, account: BillingAccount, now: datetime | None = None) -> int:
+    """balance − open holds, from the balance as last read into `account`.
+
+    Authorization re-reads both under the account's row lock (accounts.hold_services); this read is for display.
+    """
+    return account.balance_credits - held_credits(account=account, now=now)
+
+
+@dataclass(frozen=True)
+class Availability:
+    balance_credits: int
+    held_credits: int
+
+    @property
+    def available_credits(self) -> int:
+        return self.balance_credits - self.held_credits
+
+
+def credit_availability(*, account: BillingAccount, now: datetime | None = None) -> Availability:
+    """Balance, held and available in one query (for pages that show all three)."""
+    return Availability(balance_credits=account.balance_credits, held_credits=held_credits(account=account, now=now))

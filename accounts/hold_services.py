@@ -1,0 +1,278 @@
+"""Can they pay: pre-call authorization with credit holds (SPEC: HOLDS_NEVER_OVERSPEND, POST_CALL_NEVER_BLOCKS).
+
+authorize_call() decides under the paying account's row lock (SELECT … FOR UPDATE on BillingAccount)
+against available = balance − open holds, so concurrent authorizations are serialized per account and can
+never together reserve more than the balance. Holds are not ledger money: they never move the balance.
+The call's receipt settles its hold in the same transaction (settle_holds(), called by
+receipts.services.billing.commit_usage_facts, the one writer of charges), however far the charge exceeds
+the hold; a hold whose call never reports expires (expire_holds(), run by the sweep).
+"""
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from accounts import metrics
+from accounts.exceptions import HoldConflict, InvalidAuthorization
+from accounts.models import BillingAccount, CreditHold
+from accounts.money import current_charge_rate, fits_bigint, fits_cost_column
+from accounts.selectors import PayerDecision, resolve_payer
+
+Status = CreditHold.Status
+INSUFFICIENT_CREDITS = "insufficient_credits"
+UNKNOWN_PAYER = "unknown_payer"
+
+
+@dataclass(frozen=True)
+class AuthorizeDecision:
+    """The answer to one authorize: a hold (allowed), or a refusal with its reason.
+
+    `hold` is None when refused, and when an unknown payer is let through (BILLING_AUTHORIZE_UNKNOWN_PAYER=allow).
+    `available_credits` is None for an unknown payer (there is no balance to show).
+    """
+
+    allowed: bool
+    required_credits: int
+    available_credits: int | None
+    hold: CreditHold | None = None
+    reason: str = ""
+    replayed: bool = False
+
+
+def _validate_estimate(estimated_cost_usd: Decimal) -> int:
+    """The credits to hold: the estimate rounded up by the one rounding function (accounts.money)."""
+    if not isinstance(estimated_cost_usd, Decimal) or not estimated_cost_usd.is_finite():
+        raise InvalidAuthorization("estimated_cost_usd must be a finite decimal number", field="estimated_cost_usd")
+    if estimated_cost_usd < 0:
+        raise InvalidAuthorization("estimated_cost_usd must not be negative", field="estimated_cost_usd")
+    if not fits_cost_column(estimated_cost_usd):
+        raise InvalidAuthorization(
+            "estimated_cost_usd has more digits than a cost can have (at most 30 after the point, 18 before)",
+            field="estimated_cost_usd",
+        )
+    required = current_charge_rate().credits_for(estimated_cost_usd)
+    if not fits_bigint(required):
+        raise InvalidAuthorization("estimated_cost_usd is beyond any balance", field="estimated_cost_usd")
+    return required
+
+
+def _open_held(account_id: int, now: datetime) -> int:
+    total = CreditHold.objects.filter(account_id=account_id, status=Status.HELD, expires_at__gt=now).aggregate(
+        s=Sum("held_credits")
+    )["s"]
+    return int(total or 0)
+
+
+def _replay(hold: CreditHold, *, estimated_cost_usd: Decimal, now: datetime) -> AuthorizeDecision:
+    """The same call asked again: the same answer for the same estimate, 409 for another."""
+    if hold.estimated_cost_usd != estimated_cost_usd:
+        raise HoldConflict(
+            f"call {hold.litellm_call_id} already holds credits for an estimate of {hold.estimated_cost_usd} USD, "
+            f"not {estimated_cost_usd}",
+            field="estimated_cost_usd",
+        )
+    balance = BillingAccount.objects.values_list("balance_credits", flat=True).get(pk=hold.account_id)
+    return AuthorizeDecision(
+        allowed=True,
+        required_credits=hold.held_credits,
+        available_credits=balance - _open_held(hold.account_id, now),
+        hold=hold,
+        replayed=True,
+    )
+
+
+@transaction.atomic
+def _decide(
+    *, litellm_call_id: str, estimated_cost_usd: Decimal, required: int, payer: PayerDecision, model: str, now: datetime
+) -> AuthorizeDecision:
+    # The account's row lock serializes every authorization (and every charge: the ledger trigger
+    # updates the same row) of this account; what is read below cannot change until we commit.
+    balance = (
+        BillingAccount.objects.select_for_update().values_list("balance_credits", flat=True).get(pk=payer.account_id)
+    )
+    # Asked again while we waited for the lock (a retry racing its original)?
+    existing = CreditHold.objects.filter(litellm_call_id=litellm_call_id).first()
+    if existing is not None:
+        return _replay(existing, estimated_cost_usd=estimated_cost_usd, now=now)
+    available = balance - _open_held(payer.account_id, now)
+    if required > available:
+        return AuthorizeDecision(
+            allowed=False, required_credits=required, available_credits=available, reason=INSUFFICIENT_CREDITS
+        )
+    try:
+        with transaction.atomic():
+            hold = CreditHold.objects.create(
+                account_id=payer.account_id,
+                litellm_call_id=litellm_call_id,
+                model=model,
+                payer_source=payer.source,
+                estimated_cost_usd=estimated_cost_usd,
+                held_credits=required,
+                status=Status.HELD,
+                expires_at=now + timedelta(seconds=settings.BILLING_HOLD_TTL_SECONDS),
+                created_at=now,
+            )
+    except IntegrityError:
+        # The same call id was held at the same moment for another account (a binding changed in between).
+        existing = CreditHold.objects.filter(litellm_call_id=litellm_call_id).first()
+        if existing is None:
+            raise
+        return _replay(existing, estimated_cost_usd=estimated_cost_usd, now=now)
+    return AuthorizeDecision(allowed=True, required_credits=required, available_credits=available - required, hold=hold)
+
+
+def authorize_call(
+    *,
+    litellm_call_id: str,
+    estimated_cost_usd: Decimal,
+    key_hash: str = "",
+    team_id: str = "",
+    end_user: str = "",
+    run_id: str = "",
+    model: str = "",
+    now: datetime | None = None,
+) -> AuthorizeDecision:
+    """Hold the call's worst-case cost if the payer can afford it; idempotent per litellm_call_id.
+
+    The payer comes from the one resolver (accounts.selectors.resolve_payer). A refusal writes nothing.
+    Raises InvalidAuthorization (bad estimate) and HoldConflict (the call holds another estimate).
+    """
+    started = time.perf_counter()
+    result = "error"
+    try:
+        decision = _authorize(
+            litellm_call_id=litellm_call_id,
+            estimated_cost_usd=estimated_cost_usd,
+            payer_query={"key_hash": key_hash, "team_id": team_id, "end_user": end_user, "run_id": run_id},
+            model=model,
+            now=now or timezone.now(),
+        )
+        if decision.replayed:
+            result = "replayed"
+        elif decision.allowed:
+            result = "allowed" if decision.hold is not None else "unknown_payer_allowed"
+        else:
+            result = decision.reason
+        return decision
+    except InvalidAuthorization:
+        result = "invalid"
+        raise
+    except HoldConflict:
+        result = "conflict"
+        raise
+    finally:
+        metrics.authorize_decisions_total.labels(result=result).inc()
+        metrics.authorize_seconds.observe(time.perf_counter() - started)
+
+
+def _authorize(
+    *, litellm_call_id: str, estimated_cost_usd: Decimal, payer_query: dict[str, str], model: str, now: datetime
+) -> AuthorizeDecision:
+    if not litellm_call_id:
+        raise InvalidAuthorization("litellm_call_id must not be empty", field="litellm_call_id")
+    required = _validate_estimate(estimated_cost_usd)
+    # A replay needs no lock: a hold, once taken, keeps its estimate.
+    existing = CreditHold.objects.filter(litellm_call_id=litellm_call_id).first()
+    if existing is not None:
+        return _replay(existing, estimated_cost_usd=estimated_cost_usd, now=now)
+    payer = resolve_payer(**payer_query)
+    if payer is None:
+        allow = settings.BILLING_AUTHORIZE_UNKNOWN_PAYER == "allow"
+        return AuthorizeDecision(
+            allowed=allow, required_credits=required, available_credits=None, reason="" if allow else UNKNOWN_PAYER
+        )
+    return _decide(
+        litellm_call_id=litellm_call_id,
+        estimated_cost_usd=estimated_cost_usd,
+        required=required,
+        payer=payer,
+        model=model,
+        now=now,
+    )
+
+
+@transaction.atomic
+def release_hold(*, litellm_call_id: str, now: datetime | None = None) -> CreditHold | None:
+    """Free the hold of a call that will not be charged (it failed before the provider billed it).
+
+    Returns the released hold, or None when the call has no open hold (none, or already settled,
+    released or expired). A receipt that arrives later still bills in full.
+    """
+    now = now or timezone.now()
+    hold = CreditHold.objects.select_for_update().filter(litellm_call_id=litellm_call_id, status=Status.HELD).first()
+    if hold is None:
+        return None
+    hold.status = Status.RELEASED
+    hold.closed_at = now
+    hold.save(update_fields=["status", "closed_at"])
+    transaction.on_commit(metrics.holds_released_total.inc)
+    return hold
+
+
+@transaction.atomic
+def expire_holds(*, now: datetime) -> int:
+    """Mark expired every open hold past its expiry (they already stopped counting against available)."""
+    expired = CreditHold.objects.filter(status=Status.HELD, expires_at__lte=now).update(
+        status=Status.EXPIRED, closed_at=now
+    )
+    if expired:
+        transaction.on_commit(lambda: metrics.holds_expired_total.inc(expired))
+    return expired
+
+
+def settle_holds(
+    *, litellm_call_ids: Sequence[str], receipts_by_call_id: Mapping[str, int], now: datetime | None = None
+) -> int:
+    """Link each call's new receipt to its hold, inside the caller's transaction (commit_usage_facts).
+
+    An open hold becomes settled, whatever the charge (POST_CALL_NEVER_BLOCKS: the receipt has already
+    landed in full). A hold that was released or had expired keeps its status and just gets its receipt
+    (a late callback is billed normally). Returns how many holds were settled.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("settle_holds() runs inside the transaction that writes the receipts")
+    call_ids = sorted({c for c in litellm_call_ids if c in receipts_by_call_id})
+    if not call_ids:
+        return 0
+    now = now or timezone.now()
+    table = CreditHold._meta.db_table
+    with connection.cursor() as cursor:
+        # Rows in call-id order: concurrent batches lock holds in one order.
+        cursor.execute(
+            f"""
+            UPDATE {table} AS h
+               SET receipt_id = u.receipt_id,
+                   settled_at = CASE WHEN h.status = %s THEN %s ELSE h.settled_at END,
+                   status = CASE WHEN h.status = %s THEN %s ELSE h.status END
+              FROM unnest(%s::text[], %s::bigint[]) AS u(call_id, receipt_id)
+             WHERE h.litellm_call_id = u.call_id AND h.receipt_id IS NULL
+            RETURNING h.status = %s
+            """,
+            [
+                Status.HELD,
+                now,
+                Status.HELD,
+                Status.SETTLED,
+                call_ids,
+                [receipts_by_call_id[c] for c in call_ids],
+                Status.SETTLED,
+            ],
+        )
+        flags = [row[0] for row in cursor.fetchall()]
+    settled, late = sum(flags), len(flags) - sum(flags)
+    transaction.on_commit(lambda: _count_settled(settled, late))
+    return settled
+
+
+def _count_settled(settled: int, late: int) -> None:
+    if settled:
+        metrics.holds_settled_total.labels(outcome="settled").inc(settled)
+    if late:
+        metrics.holds_settled_total.labels(outcome="late").inc(late)

@@ -1,0 +1,223 @@
+"""Internal API of pre-call authorization, as the LiteLLM plugin (litellm_billing_plugin/) calls it.
+
+POST   /api/internal/billing/authorize                    hold the call's worst-case cost, or 402
+DELETE /api/internal/billing/authorize/<litellm_call_id>  release it (the call failed before being billed)
+"""
+
+import json
+import unicodedata
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.exceptions import HoldConflict, InvalidAuthorization
+from accounts.hold_services import AuthorizeDecision, authorize_call, release_hold
+from billing_project.api import InternalTokenAuthentication, IsInternalService, error_responses
+
+# Longer than any binding value (255): a longer end user simply matches no binding.
+_TEXT_MAX = 1024
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class ExactJSONParser(JSONParser):
+    """JSON with numbers kept exact: a JSON number estimate becomes a Decimal from its text, never a float."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        try:
+            return json.loads(stream.read(), parse_float=Decimal, parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ParseError(f"JSON parse error - {exc}") from exc
+
+
+@extend_schema_field(OpenApiTypes.DECIMAL)
+class UsdAmountField(serializers.Field):
+    """A USD amount as decimal text ("0.0042") or a JSON number (parsed exactly); never a bool."""
+
+    default_error_messages = {"invalid": "must be a decimal number (text or JSON number)"}
+
+    def to_internal_value(self, data: object) -> Decimal:
+        if isinstance(data, bool) or not isinstance(data, str | int | Decimal):
+            self.fail("invalid")
+        try:
+            value = Decimal(data.strip() if isinstance(data, str) else data)
+        except InvalidOperation:
+            self.fail("invalid")
+        if not value.is_finite():
+            self.fail("invalid")
+        if value < 0:
+            raise serializers.ValidationError("must not be negative")
+        return value
+
+    def to_representation(self, value: Decimal) -> str:
+        return str(value)
+
+
+def _printable(value: str) -> str:
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise serializers.ValidationError("must not contain control characters")
+    return value
+
+
+class TextField(serializers.CharField):
+    """Text only: a number or a bool is refused, not turned into text."""
+
+    def to_internal_value(self, data: object) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+def _optional_text(help_text: str) -> serializers.CharField:
+    return TextField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        default="",
+        trim_whitespace=False,
+        max_length=_TEXT_MAX,
+        help_text=help_text,
+    )
+
+
+def _invalid(errors: dict[str, Any]) -> Response:
+    """400 naming the first field at fault (`field`) and every message (`fields`)."""
+    field = next(iter(errors), "body")
+    messages = errors[field] if field in errors else ["invalid"]
+    message = messages[0] if isinstance(messages, list) and messages else messages
+    return Response(
+        {"error": f"{field}: {message}", "field": field, "fields": errors}, status=status.HTTP_400_BAD_REQUEST
+    )
+
+
+class AuthorizeApi(APIView):
+    """Pre-call authorization: hold the call's worst-case cost if its payer can afford it (else 402)."""
+
+    authentication_classes = [InternalTokenAuthentication]
+    permission_classes = [IsInternalService]
+    parser_classes = [ExactJSONParser]
+
+    @extend_schema_serializer(component_name="AuthorizeRequest")
+    class InputSerializer(serializers.Serializer):
+        litellm_call_id = TextField(max_length=255, trim_whitespace=False, validators=[_printable])
+        key_hash = _optional_text("What LiteLLM logs as metadata.user_api_key_hash.")
+        team_id = _optional_text("metadata.user_api_key_team_id.")
+        end_user = _optional_text("The caller's end user (header x-litellm-end-user-id, else the body's `user`).")
+        run_id = _optional_text("metadata.spend_logs_metadata.run_id, when the caller sent one.")
+        model = _optional_text("The model group the caller named (shown to staff).")
+        estimated_cost_usd = UsdAmountField(help_text="The call's worst-case cost in USD: decimal text or number.")
+
+    @extend_schema_serializer(component_name="AuthorizeAllowed")
+    class AllowedSerializer(serializers.Serializer):
+        allowed = serializers.BooleanField()
+        hold_id = serializers.CharField(help_text='"" when an unknown payer is let through without a hold.')
+        held_credits = serializers.IntegerField()
+        available_credits = serializers.IntegerField(allow_null=True, help_text="balance − open holds, after this one")
+        expires_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_serializer(component_name="AuthorizeRefused")
+    class RefusedSerializer(serializers.Serializer):
+        allowed = serializers.BooleanField()
+        reason = serializers.ChoiceField(choices=["insufficient_credits", "unknown_payer"])
+        available_credits = serializers.IntegerField(required=False)
+        required_credits = serializers.IntegerField()
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: AllowedSerializer,
+            402: OpenApiResponse(response=RefusedSerializer, description="The payer cannot pay, or is unknown."),
+            **error_responses(
+                400,
+                401,
+                409,
+                e400="Malformed body, or a negative or non-numeric `estimated_cost_usd`; `field` names it.",
+                e409="This call already holds credits for another `estimated_cost_usd`.",
+            ),
+        },
+        description="Idempotent per litellm_call_id: the same call and estimate get the same hold (200).",
+    )
+    def post(self, request: Request) -> Response:
+        if not isinstance(request.data, dict):
+            return Response(
+                {"error": "the body must be a JSON object", "field": "body"}, status=status.HTTP_400_BAD_REQUEST
+            )
+        data = self.InputSerializer(data=request.data)
+        if not data.is_valid():
+            return _invalid(data.errors)
+        params = data.validated_data
+        try:
+            decision = authorize_call(
+                litellm_call_id=params["litellm_call_id"],
+                estimated_cost_usd=params["estimated_cost_usd"],
+                key_hash=params["key_hash"] or "",
+                team_id=params["team_id"] or "",
+                end_user=params["end_user"] or "",
+                run_id=params["run_id"] or "",
+                model=params["model"] or "",
+            )
+        except InvalidAuthorization as exc:
+            return Response({"error": str(exc), "field": exc.field}, status=status.HTTP_400_BAD_REQUEST)
+        except HoldConflict as exc:
+            return Response({"error": str(exc), "field": exc.field}, status=status.HTTP_409_CONFLICT)
+        return self._answer(decision)
+
+    def _answer(self, decision: AuthorizeDecision) -> Response:
+        if not decision.allowed:
+            refusal: dict[str, Any] = {
+                "allowed": False,
+                "reason": decision.reason,
+                "required_credits": decision.required_credits,
+            }
+            if decision.available_credits is not None:
+                refusal["available_credits"] = decision.available_credits
+            return Response(self.RefusedSerializer(refusal).data, status=status.HTTP_402_PAYMENT_REQUIRED)
+        hold = decision.hold
+        body = {
+            "allowed": True,
+            "hold_id": str(hold.hold_id) if hold else "",
+            "held_credits": hold.held_credits if hold else 0,
+            "available_credits": decision.available_credits,
+            "expires_at": hold.expires_at if hold else None,
+        }
+        return Response(self.AllowedSerializer(body).data)
+
+
+class AuthorizeReleaseApi(APIView):
+    """Release a call's hold: the proxy's failure hook calls it for a call that failed."""
+
+    authentication_classes = [InternalTokenAuthentication]
+    permission_classes = [IsInternalService]
+
+    @extend_schema_serializer(component_name="HoldReleased")
+    class OutputSerializer(serializers.Serializer):
+        hold_id = serializers.UUIDField()
+        litellm_call_id = serializers.CharField()
+        status = serializers.CharField()
+        released_credits = serializers.IntegerField(source="held_credits")
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: OutputSerializer,
+            **error_responses(401, 404, e404="The call has no open hold (none, or settled, released or expired)."),
+        },
+    )
+    def delete(self, request: Request, litellm_call_id: str) -> Response:
+        hold = release_hold(litellm_call_id=litellm_call_id)
+        if hold is None:
+            return Response(
+                {"error": f"call {litellm_call_id} has no open hold", "field": "litellm_call_id"},
+                status=status.HTTP_404_NOT_FOUND,
+            )
+        return Response(self.OutputSerializer(hold).data)

@@ -122,6 +122,8 @@ def run(args: argparse.Namespace, seed: int, url: str) -> int:
     statuses: Counter[str] = Counter()
     lost_in_5xx: list[str] = []
     examples_5xx: list[str] = []
+    refused_valid: list[str] = []
+    examples_4xx: list[str] = []
     lock = threading.Lock()
     queue = list(range(len(payloads)))
     started = time.monotonic()
@@ -149,6 +151,11 @@ def run(args: argparse.Namespace, seed: int, url: str) -> int:
                             lost_in_5xx.extend(valid_ids)
                             if len(examples_5xx) < 5:
                                 examples_5xx.append(f"payload {index}: {outcome} {text}")
+                        elif outcome != "200" and valid_ids:
+                            # A 4xx refuses the whole body: its valid records are lost too.
+                            refused_valid.extend(valid_ids)
+                            if len(examples_4xx) < 5:
+                                examples_4xx.append(f"payload {index}: {outcome} {text} body={body[:300]!r}")
 
         threads = [threading.Thread(target=client) for _ in range(args.clients)]
         for thread in threads:
@@ -181,9 +188,10 @@ def run(args: argparse.Namespace, seed: int, url: str) -> int:
     print(f"valid records sent:       {len(valid_sent)}")
     print(f"valid records billed:     {billed}")
     print(f"valid lost in 5xx/drops:  {len(lost_in_5xx)}")
+    print(f"valid in refused (4xx):   {len(refused_valid)}")
     print(f"records kept (deferred):  {sum(kept.values())} {dict(kept)}")
     print(f"reconcile --books-only:   exit {reconcile.returncode}")
-    for line in examples_5xx:
+    for line in examples_5xx + examples_4xx:
         print(f"  e.g. {line}")
     if reconcile.returncode != 0:
         print(reconcile.stdout[-3000:], reconcile.stderr[-2000:])

@@ -259,3 +259,12 @@ def test_6_huge_exponent_answers_within_bound(live_service, account, number) -> 
         elapsed = time.monotonic() - started
     assert elapsed < INGEST_BOUND_S, f"prompt_tokens={number} took {elapsed:.1f}s"
     check_accounting(response, batch, before)
+
+
+@pytest.mark.parametrize("first", [nested(1000), "[1, 2]", "NaN"])
+def test_ndjson_whose_first_line_is_not_an_object_keeps_its_neighbours(internal_client, account, first) -> None:
+    """Found by the 10,000-payload fuzz run: a first NDJSON line that is an array made the body look like
+    one JSON array, and the whole delivery was refused (400) with its valid records."""
+    batch = [Sent(text=first, call_id=None, expect="kept"), valid(), valid()]
+    verdict = ingest_and_check(internal_client, batch, ndjson=True)
+    assert verdict.body["processed"] == 2 and verdict.body["skipped"] == 1

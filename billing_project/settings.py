@@ -197,6 +197,10 @@ BILLING_RECONCILE_REPORT_LIMIT = env.int("BILLING_RECONCILE_REPORT_LIMIT", defau
 # without virtual keys that no untrusted party can reach.
 BILLING_TRUST_END_USER = env.bool("BILLING_TRUST_END_USER", default=False)
 
+# The invoice's breakdown by API key and by end user lists the top N of each (by credits used)
+# and folds the rest into one "others" line, so every breakdown sums to the credits used.
+BILLING_INVOICE_TOP_N = env.int("BILLING_INVOICE_TOP_N", default=10)
+
 LITELLM_BASE_URL = env.str("LITELLM_BASE_URL", default="http://127.0.0.1:4000")
 LITELLM_MASTER_KEY = env.str("LITELLM_MASTER_KEY", default="")
 LITELLM_TIMEOUT_SECONDS = env.float("LITELLM_TIMEOUT_SECONDS", default=10.0)

@@ -5,7 +5,7 @@ Triggers (all in SQL below, each with its reverse):
 - `ledger_summarise_statement` (AFTER INSERT ... FOR EACH STATEMENT on
   accounts_creditledgerentry, `REFERENCING NEW TABLE AS new_entries`, function
   `billing_ledger_summarise_statement()`): once per INSERT statement, groups the
-  statement's new entries joined to their receipts and upserts
+  statement's new entries joined once to their receipts and upserts (one SQL statement)
   - invoices_ledgerdailysummary: one row per (account, UTC day, reason, model group),
   - invoices_ledgerpayersummary: one row per (account, UTC day, API key hash, end user),
     usage entries only (the receipt's key, alias and end user),
@@ -54,41 +54,50 @@ CREATE TRIGGER ledger_summarise AFTER INSERT ON accounts_creditledgerentry
     FOR EACH ROW EXECUTE FUNCTION billing_ledger_summarise();
 """
 
-# The payer summary's rows for a set of ledger entries `e` joined to their receipts `r`
-# (shared by the trigger and the backfill; summary_drift.sql recomputes the same sums).
+# The payer summary's rows for usage entries `e` carrying their receipt's columns (shared by the
+# trigger and the backfill; reconciliation/sql/summary_drift.sql recomputes the same sums).
 PAYER_SUMS = r"""
-    SELECT e.account_id, (e.created_at AT TIME ZONE 'UTC')::date, r.api_key_hash, r.end_user,
-           max(r.api_key_alias), count(*), sum(e.amount_credits), sum(r.prompt_tokens),
-           sum(r.completion_tokens), sum(r.total_tokens), sum(r.cost_usd)
+    SELECT e.account_id, (e.created_at AT TIME ZONE 'UTC')::date, e.api_key_hash, e.end_user,
+           max(e.api_key_alias), count(*), sum(e.amount_credits), sum(e.prompt_tokens),
+           sum(e.completion_tokens), sum(e.total_tokens), sum(e.cost_usd)
 """
 
 STATEMENT_TRIGGER = rf"""
 CREATE FUNCTION billing_ledger_summarise_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO invoices_ledgerdailysummary AS s
-        (account_id, day, reason, model_group, entries, amount_credits,
-         prompt_tokens, completion_tokens, total_tokens, cost_usd)
-    SELECT e.account_id, (e.created_at AT TIME ZONE 'UTC')::date, e.reason, COALESCE(r.model_group, ''),
-           count(*), sum(e.amount_credits), COALESCE(sum(r.prompt_tokens), 0),
-           COALESCE(sum(r.completion_tokens), 0), COALESCE(sum(r.total_tokens), 0), COALESCE(sum(r.cost_usd), 0)
-      FROM new_entries e
-      LEFT JOIN receipts_chargereceipt r ON r.id = e.receipt_id
-     GROUP BY 1, 2, 3, 4
-     ORDER BY 1, 2, 3, 4  -- one lock order for every writer
-    ON CONFLICT (account_id, day, reason, model_group) DO UPDATE SET
-        entries = s.entries + EXCLUDED.entries,
-        amount_credits = s.amount_credits + EXCLUDED.amount_credits,
-        prompt_tokens = s.prompt_tokens + EXCLUDED.prompt_tokens,
-        completion_tokens = s.completion_tokens + EXCLUDED.completion_tokens,
-        total_tokens = s.total_tokens + EXCLUDED.total_tokens,
-        cost_usd = s.cost_usd + EXCLUDED.cost_usd;
-
+    -- One statement: the new entries are joined to their receipts once (`e`, materialised because
+    -- both summaries read it), then each summary gets one upsert per group, in key order.
+    WITH e AS MATERIALIZED (
+        SELECT n.account_id, n.created_at, n.reason, n.amount_credits, n.receipt_id, r.model_group,
+               r.api_key_hash, r.api_key_alias, r.end_user, r.prompt_tokens, r.completion_tokens,
+               r.total_tokens, r.cost_usd
+          FROM new_entries n
+          LEFT JOIN receipts_chargereceipt r ON r.id = n.receipt_id
+    ), daily AS (
+        INSERT INTO invoices_ledgerdailysummary AS s
+            (account_id, day, reason, model_group, entries, amount_credits,
+             prompt_tokens, completion_tokens, total_tokens, cost_usd)
+        SELECT e.account_id, (e.created_at AT TIME ZONE 'UTC')::date, e.reason, COALESCE(e.model_group, ''),
+               count(*), sum(e.amount_credits), COALESCE(sum(e.prompt_tokens), 0),
+               COALESCE(sum(e.completion_tokens), 0), COALESCE(sum(e.total_tokens), 0),
+               COALESCE(sum(e.cost_usd), 0)
+          FROM e
+         GROUP BY 1, 2, 3, 4
+         ORDER BY 1, 2, 3, 4
+        ON CONFLICT (account_id, day, reason, model_group) DO UPDATE SET
+            entries = s.entries + EXCLUDED.entries,
+            amount_credits = s.amount_credits + EXCLUDED.amount_credits,
+            prompt_tokens = s.prompt_tokens + EXCLUDED.prompt_tokens,
+            completion_tokens = s.completion_tokens + EXCLUDED.completion_tokens,
+            total_tokens = s.total_tokens + EXCLUDED.total_tokens,
+            cost_usd = s.cost_usd + EXCLUDED.cost_usd
+    )
     INSERT INTO invoices_ledgerpayersummary AS p
         (account_id, day, api_key_hash, end_user, api_key_alias, entries, amount_credits,
          prompt_tokens, completion_tokens, total_tokens, cost_usd)
     {PAYER_SUMS}
-      FROM new_entries e
-      JOIN receipts_chargereceipt r ON r.id = e.receipt_id
+      FROM e
+     WHERE e.receipt_id IS NOT NULL
      GROUP BY 1, 2, 3, 4
      ORDER BY 1, 2, 3, 4
     ON CONFLICT (account_id, day, api_key_hash, end_user) DO UPDATE SET
@@ -132,8 +141,10 @@ INSERT INTO invoices_ledgerpayersummary
     (account_id, day, api_key_hash, end_user, api_key_alias, entries, amount_credits,
      prompt_tokens, completion_tokens, total_tokens, cost_usd)
 {PAYER_SUMS}
-  FROM accounts_creditledgerentry e
-  JOIN receipts_chargereceipt r ON r.id = e.receipt_id
+  FROM (SELECT l.account_id, l.created_at, l.amount_credits, r.api_key_hash, r.api_key_alias, r.end_user,
+               r.prompt_tokens, r.completion_tokens, r.total_tokens, r.cost_usd
+          FROM accounts_creditledgerentry l
+          JOIN receipts_chargereceipt r ON r.id = l.receipt_id) AS e
  GROUP BY 1, 2, 3, 4;
 
 -- Only the ledger trigger (depth 2) may write a summary; the message names the table refused.

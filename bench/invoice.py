@@ -15,7 +15,8 @@ What it does (bench/README.md, "Invoice", has the figures):
    INSERT … SELECT generate_series, then their usage ledger entries with
    INSERT … SELECT from the receipts, one transaction per chunk. The ledger
    triggers run for every row exactly as in production: they move the
-   balance, set balance_after and maintain invoices.LedgerDailySummary.
+   balance, set balance_after and maintain invoices.LedgerDailySummary and
+   LedgerPayerSummary (receipts come from 7 API keys and 40 end users).
    A second account gets 10,000 receipts (for the admin's account filter).
    Then VACUUM ANALYZE, as autovacuum would.
 4. Timings (p50/p99 over --runs): invoice_for_account(); the invoice page,
@@ -24,7 +25,11 @@ What it does (bench/README.md, "Invoice", has the figures):
    over the raw ledger joined to receipts (the comparison); and the admin's
    receipt and ledger lists on the million rows.
 5. Checks that the invoice equals the raw-ledger numbers, that opening + added
-   − used = closing, and that the closing balance is the account's balance.
+   − used = closing, that the closing balance is the account's balance and that
+   the breakdowns by API key and end user sum to the credits used.
+6. Ingest-side cost of the summary trigger: one INSERT of --trigger-batch usage
+   entries with no summary trigger, migration 0002's row-level trigger and
+   0003's statement-level one (rolled back; bench/README.md has the figures).
 
 It is a benchmark, not a test: it asserts nothing about speed.
 """
@@ -72,15 +77,16 @@ RECEIPTS_SQL = """
 INSERT INTO receipts_chargereceipt (
     account_id, source_system, source_reference, litellm_call_id, request_id, run_id, attempt, status,
     model_group, model, provider, call_type, stream, cache_hit, prompt_tokens, completion_tokens,
-    total_tokens, cost_usd, charged_credits, zero_cost_suspect, end_user, api_key_hash, api_key_alias,
-    team_id, started_at, ended_at, created_at, raw_record)
+    total_tokens, cost_usd, charged_credits, credits_per_usd, markup, zero_cost_suspect, end_user, api_key_hash,
+    api_key_alias, team_id, payer_source, spend_log_request_id, started_at, ended_at, created_at)
 SELECT %(account)s, 'litellm', c.call_id || '/0/' || c.call_id, c.call_id, 'chatcmpl-' || c.call_id, c.call_id,
        0, 'success', g.model_group, g.model, g.provider,
        CASE WHEN g.completion = 0 THEN 'aembedding' ELSE 'acompletion' END, (i %% 3 = 0), false,
        g.prompt, g.completion, g.prompt + g.completion, m.cost,
-       ceil(m.cost * %(rate)s::numeric * %(markup)s::numeric)::bigint, false, %(end_user)s, '', '', '',
-       t.at, t.at + interval '2 seconds', t.at,
-       jsonb_build_object('litellm_call_id', c.call_id, 'model_group', g.model_group, 'response_cost', m.cost)
+       ceil(m.cost * %(rate)s::numeric * %(markup)s::numeric)::bigint, %(rate)s::numeric, %(markup)s::numeric,
+       false, %(end_user)s || '-' || (i %% %(end_users)s), md5('key' || (i %% %(keys)s)),
+       CASE WHEN i %% %(keys)s %% 2 = 0 THEN 'key-' || (i %% %(keys)s) ELSE '' END, '', 'key', '',
+       t.at, t.at + interval '2 seconds', t.at
   FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i
  CROSS JOIN LATERAL (SELECT md5(%(seed)s || i)::uuid::text AS call_id) AS c
  CROSS JOIN LATERAL (SELECT ((i * 7919) %% 997 + 1)::numeric / 1000000 AS cost) AS m
@@ -110,22 +116,43 @@ VALUES (%s, %s, %s, 0, NULL, %s, 'bench', NULL, %s)
 """
 
 
-def add_usage(
-    *, account_id: int, end_user: str, count: int, start: datetime, end: datetime, seed: str, chunk: int
-) -> float:
-    """`count` receipts and usage entries from start to end, one transaction per chunk; returns seconds."""
-    from django.db import connection, transaction
+# Who calls: receipt i is made with API key i % KEYS (every other one with an alias) for end user i % END_USERS.
+KEYS, END_USERS = 7, 40
 
+
+def receipt_params(
+    *, account_id: int, end_user: str, first: int, last: int, seed: str, start: datetime, step: float
+) -> dict[str, Any]:
+    """RECEIPTS_SQL's parameters for receipts first..last (the current charging rate)."""
     from accounts.money import billing_markup, credits_per_usd
 
-    step = (end - start).total_seconds() / max(count, 1)
-    arrays = {
+    return {
+        "account": account_id,
+        "end_user": end_user,
+        "end_users": END_USERS,
+        "keys": KEYS,
+        "first": first,
+        "last": last,
+        "seed": seed,
+        "start": start,
+        "step": step,
+        "rate": str(credits_per_usd()),
+        "markup": str(billing_markup()),
         "groups": [g[0] for g in GROUPS],
         "models": [g[1] for g in GROUPS],
         "providers": [g[2] for g in GROUPS],
         "prompts": [g[3] for g in GROUPS],
         "completions": [g[4] for g in GROUPS],
     }
+
+
+def add_usage(
+    *, account_id: int, end_user: str, count: int, start: datetime, end: datetime, seed: str, chunk: int
+) -> float:
+    """`count` receipts and usage entries from start to end, one transaction per chunk; returns seconds."""
+    from django.db import connection, transaction
+
+    step = (end - start).total_seconds() / max(count, 1)
     started = time.perf_counter()
     done = 0
     while done < count:
@@ -135,18 +162,15 @@ def add_usage(
             (after,) = cursor.fetchone()
             cursor.execute(
                 RECEIPTS_SQL,
-                {
-                    "account": account_id,
-                    "end_user": end_user,
-                    "first": done,
-                    "last": done + size - 1,
-                    "seed": seed,
-                    "start": start,
-                    "step": step,
-                    "rate": str(credits_per_usd()),
-                    "markup": str(billing_markup()),
-                    **arrays,
-                },
+                receipt_params(
+                    account_id=account_id,
+                    end_user=end_user,
+                    first=done,
+                    last=done + size - 1,
+                    seed=seed,
+                    start=start,
+                    step=step,
+                ),
             )
             cursor.execute(LEDGER_SQL, {"after": after})
         done += size
@@ -161,6 +185,82 @@ def add_credit(account_id: int, amount: int, reason: str, at: datetime) -> None:
 
     with connection.cursor() as cursor:
         cursor.execute(CREDIT_SQL, [account_id, amount, reason, f"bench-{reason}-{secrets.token_hex(6)}", at])
+
+
+# --- ingest-side cost of the summary trigger ----------------------------------------------------------
+
+MIGRATION_0003 = "invoices.migrations.0003_payer_summary_statement_trigger"
+# (label, SQL run first in the transaction): which summary trigger the timed INSERT fires.
+TRIGGER_VARIANTS = [
+    ("no summary trigger (ledger_apply only)", "ALTER TABLE accounts_creditledgerentry DISABLE TRIGGER {statement}"),
+    (
+        "row trigger (0002: daily summary only, one upsert per entry)",
+        "ALTER TABLE accounts_creditledgerentry DISABLE TRIGGER {statement};"
+        " ALTER TABLE accounts_creditledgerentry ENABLE TRIGGER ledger_summarise",
+    ),
+    (
+        "statement trigger (0003: daily + payer summary, one upsert per group)",
+        "ALTER TABLE accounts_creditledgerentry ENABLE TRIGGER {statement}",
+    ),
+]
+
+
+def trigger_cost(*, account_id: int, day: datetime, batch: int, runs: int) -> list[tuple[str, list[float]]]:
+    """ms to INSERT `batch` usage entries in one statement, under each summary trigger of TRIGGER_VARIANTS.
+
+    Each run is one transaction, rolled back: the variant's triggers are switched, `batch` receipts
+    of one minute of `day` are written (not timed), then their debits with one INSERT … SELECT (timed).
+    Variants take turns, so load from elsewhere falls on all of them alike. The row-level trigger of
+    migration 0002 is created for the measurement (disabled) and dropped at the end.
+    """
+    import importlib
+
+    from django.db import connection, transaction
+
+    row_trigger = importlib.import_module(MIGRATION_0003).ROW_TRIGGER
+    with connection.cursor() as cursor:
+        cursor.execute(row_trigger)
+        cursor.execute("ALTER TABLE accounts_creditledgerentry DISABLE TRIGGER ledger_summarise")
+    samples: dict[str, list[float]] = {label: [] for label, _ in TRIGGER_VARIANTS}
+    try:
+        for run in range(runs + 2):  # the first two rounds warm up
+            for label, switch in TRIGGER_VARIANTS:
+                with connection.cursor() as cursor:
+                    try:
+                        with transaction.atomic():
+                            cursor.execute(switch.format(statement="ledger_summarise_statement"))
+                            cursor.execute("SELECT coalesce(max(id), 0) FROM receipts_chargereceipt")
+                            (after,) = cursor.fetchone()
+                            first = 10_000_000 + run * batch
+                            cursor.execute(
+                                RECEIPTS_SQL,
+                                receipt_params(
+                                    account_id=account_id,
+                                    end_user="bench-user",
+                                    first=first,
+                                    last=first + batch - 1,
+                                    seed=f"trigger-{label}",
+                                    start=day - timedelta(seconds=first * 0.1),
+                                    step=0.1,
+                                ),
+                            )
+                            started = time.perf_counter()
+                            cursor.execute(LEDGER_SQL, {"after": after})
+                            elapsed = (time.perf_counter() - started) * 1000
+                            raise _Rollback
+                    except _Rollback:
+                        pass
+                if run >= 2:
+                    samples[label].append(elapsed)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER ledger_summarise ON accounts_creditledgerentry")
+            cursor.execute("DROP FUNCTION billing_ledger_summarise()")
+    return list(samples.items())
+
+
+class _Rollback(Exception):
+    """Leaves a measurement's transaction without keeping anything."""
 
 
 # --- timing ---------------------------------------------------------------------------------------------
@@ -208,6 +308,12 @@ RAW_SQL = {
          WHERE l.account_id = %(account)s AND l.reason = 'usage'
            AND l.created_at >= %(start)s AND l.created_at < %(end)s
          GROUP BY day ORDER BY day""",
+    "by_api_key": """
+        SELECT r.api_key_hash, count(*), -sum(l.amount_credits)
+          FROM accounts_creditledgerentry l JOIN receipts_chargereceipt r ON r.id = l.receipt_id
+         WHERE l.account_id = %(account)s AND l.reason = 'usage'
+           AND l.created_at >= %(start)s AND l.created_at < %(end)s
+         GROUP BY r.api_key_hash""",
 }
 
 
@@ -232,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", type=int, default=50_000, help="usage entries in the 12 months before")
     parser.add_argument("--runs", type=int, default=200, help="timed runs of each read (200)")
     parser.add_argument("--chunk", type=int, default=500, help="rows per build transaction (500, like a LiteLLM batch)")
+    parser.add_argument("--trigger-runs", type=int, default=40, help="runs of each summary-trigger variant (40)")
+    parser.add_argument("--trigger-batch", type=int, default=512, help="usage entries per timed INSERT (512)")
     args = parser.parse_args(argv)
 
     database_url, cleanup_db = fresh_database("bench_invoice")
@@ -345,6 +453,14 @@ def main(argv: list[str] | None = None) -> int:
         last_in_period = CreditLedgerEntry.objects.filter(account=account, created_at__lt=end).order_by("-id").first()
         assert last_in_period is not None and invoice.closing_credits == last_in_period.balance_after
         assert invoice.totals.calls == args.entries
+        # The payer breakdown (top N + others) sums to the credits used and equals the raw ledger by key.
+        for lines in (invoice.by_api_key, invoice.by_end_user):
+            assert sum(line.credits for line in lines) == invoice.used_credits
+            assert sum(line.calls for line in lines) == invoice.totals.calls
+        if all(not line.is_others for line in invoice.by_api_key):
+            assert sorted((line.key, line.calls, line.credits) for line in invoice.by_api_key) == sorted(
+                tuple(r) for r in raw["by_api_key"]
+            )
         print(
             f"bench: invoice {period.label}: opening {invoice.opening_credits:,d} + added {invoice.added_credits:,d}"
             f" − used {invoice.used_credits:,d} = closing {invoice.closing_credits:,d} credits;"
@@ -363,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def get(client: Client, url: str) -> Callable[[], None]:
             def call() -> None:
-                response = client.get(url)
+                # As behind the TLS proxy of production (DEBUG=false redirects plain HTTP).
+                response = client.get(url, secure=True)
                 assert response.status_code == 200, (url, response.status_code)
                 response.content  # noqa: B018 - render fully
 
@@ -389,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         raw_runs = max(5, runs // 20)
         results.append(
-            ("plain SQL over the raw ledger (4 queries)", timed(raw_runs, lambda: raw_ledger_invoice(params), warmup=1))
+            ("plain SQL over the raw ledger (5 queries)", timed(raw_runs, lambda: raw_ledger_invoice(params), warmup=1))
         )
         admin_runs = max(10, runs // 10)
         receipts_url = "/admin/receipts/chargereceipt/"
@@ -423,6 +540,16 @@ def main(argv: list[str] | None = None) -> int:
         selector_p50 = p(results[0][1], 0.5)
         page_p50 = p(results[1][1], 0.5)
         raw_p50 = p(results[5][1], 0.5)
+        print()
+        costs = trigger_cost(
+            account_id=account.pk, day=end - timedelta(days=2), batch=args.trigger_batch, runs=args.trigger_runs
+        )
+        print(f"Ingest-side cost: one INSERT of {args.trigger_batch} usage entries (one LiteLLM batch); ms.")
+        print()
+        print("| summary trigger | runs | p50 ms | p99 ms |")
+        print("| --- | ---: | ---: | ---: |")
+        for name, samples in costs:
+            print(row(name, samples))
         print()
         print(
             f"target p50 < {TARGET_P50_MS:.0f} ms: selector {selector_p50:.1f} ms, full page {page_p50:.1f} ms "

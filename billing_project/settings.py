@@ -210,6 +210,10 @@ if BILLING_AUTHORIZE_UNKNOWN_PAYER not in ("deny", "allow"):
 if BILLING_HOLD_TTL_SECONDS <= 0:
     raise environ.ImproperlyConfigured("BILLING_HOLD_TTL_SECONDS must be a positive number of seconds")
 
+# The invoice's breakdown by API key and by end user lists the top N of each (by credits used)
+# and folds the rest into one "others" line, so every breakdown sums to the credits used.
+BILLING_INVOICE_TOP_N = env.int("BILLING_INVOICE_TOP_N", default=10)
+
 LITELLM_BASE_URL = env.str("LITELLM_BASE_URL", default="http://127.0.0.1:4000")
 LITELLM_MASTER_KEY = env.str("LITELLM_MASTER_KEY", default="")
 LITELLM_TIMEOUT_SECONDS = env.float("LITELLM_TIMEOUT_SECONDS", default=10.0)

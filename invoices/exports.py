@@ -20,14 +20,18 @@ CSV_HEADER = [
     "usd",
     "added_credits",
     "closing_balance_credits",
+    "label",
+    "others_count",
 ]
 
 
 def invoice_csv_rows(invoice: Invoice) -> Iterator[list[str]]:
-    """Sections: balance (opening/closing), added (by reason), used, model_group, day.
+    """Sections: balance (opening/closing), added (by reason), used, model_group, day, api_key, end_user.
 
     `count` is calls for usage lines and entries for added lines; `credits` is
-    what the line adds or uses (used credits are positive numbers).
+    what the line adds or uses (used credits are positive numbers). The
+    api_key (item: the key hash) and end_user sections list the top N, then an
+    "others" line whose item is empty and whose `others_count` says how many it folds.
     """
     head = [invoice.period.label, str(invoice.account.public_id)]
 
@@ -75,6 +79,22 @@ def invoice_csv_rows(invoice: Invoice) -> Iterator[list[str]]:
             day.added_credits,
             day.closing_balance_credits,
         )
+    for section, lines in (("api_key", invoice.by_api_key), ("end_user", invoice.by_end_user)):
+        for payer in lines:
+            yield line(
+                section,
+                payer.key or "",
+                payer.calls,
+                payer.prompt_tokens,
+                payer.completion_tokens,
+                payer.total_tokens,
+                payer.credits,
+                usd_plain(payer.usd),
+                None,
+                None,
+                payer.label,
+                payer.others_count if payer.is_others else None,
+            )
 
 
 def invoice_csv(invoice: Invoice) -> str:

@@ -35,3 +35,39 @@ class LedgerDailySummary(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account_id} {self.day} {self.reason} {self.model_group}: {self.amount_credits}"
+
+
+class LedgerPayerSummary(models.Model):
+    """Per account, UTC day, API key and end user: the sums of the usage debits.
+
+    Who inside an account spent the credits (the invoice's breakdown by API key
+    and by end user). Written, like LedgerDailySummary, only by the ledger's
+    statement-level trigger (migration 0003), from each usage entry's receipt;
+    `manage.py reconcile` (summary_drift) checks it against the ledger.
+    """
+
+    account = models.ForeignKey("accounts.BillingAccount", on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    # The receipt's `metadata.user_api_key_hash` ("" when LiteLLM logged none).
+    api_key_hash = models.CharField(max_length=255, blank=True, default="")
+    end_user = models.CharField(max_length=255, blank=True, default="")
+    # The greatest key alias seen for the bucket (a label, not part of the key: one hash, one line).
+    api_key_alias = models.CharField(max_length=255, blank=True, default="")
+    entries = models.BigIntegerField(default=0)
+    amount_credits = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=COST_MAX_DIGITS + 6, decimal_places=COST_DECIMAL_PLACES, default=0)
+
+    class Meta:
+        verbose_name_plural = "ledger payer summaries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["account", "day", "api_key_hash", "end_user"], name="payer_summary_unique_bucket"
+            )
+        ]
+        # The unique index leads with (account, day): it serves the invoice's range scan too.
+
+    def __str__(self) -> str:
+        return f"{self.account_id} {self.day} {self.api_key_hash[:12]} {self.end_user}: {self.amount_credits}"

@@ -11,6 +11,11 @@ Identity (SPEC section 7): opening + added − used = closing, exactly, where
             refunds and adjustments, which may be negative),
   used    = − sum of the usage debits in the period.
 Periods and days are UTC, like the summary's buckets.
+
+Who spent the credits inside the account (by API key, by end user) comes from
+invoices.LedgerPayerSummary, kept by the same trigger from each usage entry's
+receipt: the top BILLING_INVOICE_TOP_N of each, then one "others" line, so
+each breakdown sums to the credits used.
 """
 
 import re
@@ -21,14 +26,16 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import BillingAccount, CreditLedgerEntry
 from accounts.money import credits_per_usd, credits_to_usd
 from accounts.selectors import accounts_for_user
-from invoices.models import LedgerDailySummary
+from invoices.models import LedgerDailySummary, LedgerPayerSummary
 
 Reason = CreditLedgerEntry.Reason
 # Credits added, in the order every surface lists them (all four, even at 0).
@@ -173,6 +180,32 @@ class UsageTotals:
 
 
 @dataclass(frozen=True)
+class PayerLine:
+    """One API key or end user of the breakdown, or (is_others) the rest folded into one line."""
+
+    # The API key hash or the end user; None on the "others" line.
+    key: str | None
+    label: str
+    # The key's alias as LiteLLM logged it ("" when unknown; always "" for end users).
+    alias: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    credits: int
+    # How many keys / end users the "others" line folds together (0 on a named line).
+    others_count: int = 0
+
+    @property
+    def is_others(self) -> bool:
+        return self.key is None
+
+    @property
+    def usd(self) -> Decimal:
+        return credits_to_usd(self.credits)
+
+
+@dataclass(frozen=True)
 class Invoice:
     account: BillingAccount
     period: Period
@@ -184,6 +217,10 @@ class Invoice:
     by_model_group: list[ModelGroupLine]
     by_day: list[DayLine]
     totals: UsageTotals
+    # Usage by API key and by end user: the top `breakdown_top_n` of each, then "others".
+    by_api_key: list[PayerLine]
+    by_end_user: list[PayerLine]
+    breakdown_top_n: int
     credits_per_usd: Decimal
     # The last day the invoice covers (today for the running month).
     through: date
@@ -215,7 +252,7 @@ def _days(start: date, through: date) -> Iterable[date]:
 
 
 def invoice_for_account(*, account: BillingAccount, period: Period, now: datetime | None = None) -> Invoice:
-    """The invoice of `account` for `period`: two indexed queries over the daily summary."""
+    """The invoice of `account` for `period`: two indexed queries over the daily summary, one over the payer one."""
     start, end = period.start, period.end
     summaries = LedgerDailySummary.objects.filter(account=account)
     opening = int(summaries.filter(day__lt=start).aggregate(s=Sum("amount_credits"))["s"] or 0)
@@ -277,6 +314,8 @@ def invoice_for_account(*, account: BillingAccount, period: Period, now: datetim
         total_tokens=sum(line.total_tokens for line in by_model_group),
         credits=used_credits,
     )
+    top_n = max(0, int(settings.BILLING_INVOICE_TOP_N))
+    by_api_key, by_end_user = payer_breakdown(account=account, period=period, top_n=top_n)
     closing = opening + added_credits - used_credits
     return Invoice(
         account=account,
@@ -289,6 +328,9 @@ def invoice_for_account(*, account: BillingAccount, period: Period, now: datetim
         by_model_group=by_model_group,
         by_day=by_day,
         totals=totals,
+        by_api_key=by_api_key,
+        by_end_user=by_end_user,
+        breakdown_top_n=top_n,
         credits_per_usd=credits_per_usd(),
         through=through,
         is_running=is_running,
@@ -300,3 +342,57 @@ def _reason_label(reason: str) -> str:
         return str(Reason(reason).label)
     except ValueError:
         return reason
+
+
+# Both breakdowns in one statement: the month's payer rows grouped by key and by end user
+# (GROUPING SETS), ranked by credits used, the ranks after `top` folded into one "others" line.
+_BREAKDOWN_SQL = f"""
+WITH grouped AS (
+    SELECT GROUPING(api_key_hash) AS dimension,
+           CASE WHEN GROUPING(api_key_hash) = 0 THEN api_key_hash ELSE end_user END AS key,
+           max(api_key_alias) AS alias, sum(entries) AS calls, -sum(amount_credits) AS credits,
+           sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+           sum(total_tokens) AS total_tokens
+      FROM {LedgerPayerSummary._meta.db_table}
+     WHERE account_id = %(account)s AND day >= %(start)s AND day < %(end)s
+     GROUP BY GROUPING SETS ((api_key_hash), (end_user))
+), ranked AS (
+    SELECT *, least(row_number() OVER (PARTITION BY dimension ORDER BY credits DESC, calls DESC, key),
+                    %(top)s + 1) AS place
+      FROM grouped
+)
+SELECT dimension, place, min(key), max(alias), count(*), sum(calls), sum(prompt_tokens),
+       sum(completion_tokens), sum(total_tokens), sum(credits)
+  FROM ranked
+ GROUP BY dimension, place
+ ORDER BY dimension, place
+"""
+_BY_API_KEY, _BY_END_USER = 0, 1
+
+
+def payer_breakdown(*, account: BillingAccount, period: Period, top_n: int) -> tuple[list[PayerLine], list[PayerLine]]:
+    """Usage of `period` by API key and by end user: top `top_n` of each by credits, then "others"."""
+    params = {"account": account.pk, "start": period.start, "end": period.end, "top": top_n}
+    with connection.cursor() as cursor:
+        cursor.execute(_BREAKDOWN_SQL, params)
+        rows = cursor.fetchall()
+    lines: dict[int, list[PayerLine]] = {_BY_API_KEY: [], _BY_END_USER: []}
+    for dimension, place, key, alias, members, *sums in rows:
+        calls, prompt, completion, total, credits = (int(v) for v in sums)
+        if place > top_n:
+            line = PayerLine(None, f"others ({members})", "", calls, prompt, completion, total, credits, members)
+        elif dimension == _BY_API_KEY:
+            line = PayerLine(key, api_key_label(key, alias), alias, calls, prompt, completion, total, credits)
+        else:
+            line = PayerLine(key, key or "(none)", "", calls, prompt, completion, total, credits)
+        lines[dimension].append(line)
+    return lines[_BY_API_KEY], lines[_BY_END_USER]
+
+
+def api_key_label(key_hash: str, alias: str) -> str:
+    """The key's alias if LiteLLM logged one, else its hash shortened (a sha256 is 64 characters)."""
+    if alias:
+        return alias
+    if not key_hash:
+        return "(no key)"
+    return f"{key_hash[:12]}…" if len(key_hash) > 16 else key_hash

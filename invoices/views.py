@@ -83,6 +83,10 @@ class InvoicePageView(LoginRequiredMixin, View):
         return {
             "invoice": invoice,
             "chart": daily_usage_chart(invoice.by_day),
+            "breakdowns": [
+                ("Usage by API key", "api_key", invoice.by_api_key),
+                ("Usage by end user", "end_user", invoice.by_end_user),
+            ],
             "accounts": accounts,
             "many_accounts": many,
             "csv_url": _invoice_url(period, invoice.account, many_accounts=many, format="csv"),
@@ -159,6 +163,33 @@ class InvoiceApi(APIView):
             credits = serializers.IntegerField()
             usd = serializers.DecimalField(**USD_FIELD)
 
+        @extend_schema_serializer(component_name="InvoiceApiKeyLine")
+        class ApiKeyLineSerializer(serializers.Serializer):
+            api_key_hash = serializers.CharField(source="key", allow_null=True, help_text="null on the others line")
+            api_key_alias = serializers.CharField(source="alias")
+            label = serializers.CharField(help_text="the alias if known, else the hash shortened")
+            is_others = serializers.BooleanField()
+            others_count = serializers.IntegerField(help_text="keys folded into the others line (0 otherwise)")
+            calls = serializers.IntegerField()
+            prompt_tokens = serializers.IntegerField()
+            completion_tokens = serializers.IntegerField()
+            total_tokens = serializers.IntegerField()
+            credits = serializers.IntegerField()
+            usd = serializers.DecimalField(**USD_FIELD)
+
+        @extend_schema_serializer(component_name="InvoiceEndUserLine")
+        class EndUserLineSerializer(serializers.Serializer):
+            end_user = serializers.CharField(source="key", allow_null=True, help_text="null on the others line")
+            label = serializers.CharField()
+            is_others = serializers.BooleanField()
+            others_count = serializers.IntegerField(help_text="end users folded into the others line (0 otherwise)")
+            calls = serializers.IntegerField()
+            prompt_tokens = serializers.IntegerField()
+            completion_tokens = serializers.IntegerField()
+            total_tokens = serializers.IntegerField()
+            credits = serializers.IntegerField()
+            usd = serializers.DecimalField(**USD_FIELD)
+
         account = serializers.UUIDField(source="account.public_id")
         account_name = serializers.CharField(source="account.name")
         period = serializers.CharField(source="period.label")
@@ -179,6 +210,9 @@ class InvoiceApi(APIView):
         by_model_group = ModelGroupSerializer(many=True)
         by_day = DaySerializer(many=True)
         totals = TotalsSerializer()
+        breakdown_top_n = serializers.IntegerField()
+        by_api_key = ApiKeyLineSerializer(many=True)
+        by_end_user = EndUserLineSerializer(many=True)
 
     @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer})
     def get(self, request: Request) -> Response:

@@ -313,9 +313,11 @@ def test_account_page_shows_bindings_and_adds_team_and_run_through_the_services(
         "run_bindings-1-run_id": "run/new",
         "aliases-TOTAL_FORMS": "0",
         "aliases-INITIAL_FORMS": "0",
+        "credit_holds-TOTAL_FORMS": "0",  # the read-only inline of open credit holds
+        "credit_holds-INITIAL_FORMS": "0",
         "_save": "Save",
     }
-    for prefix in ("key_bindings", "team_bindings", "run_bindings", "aliases"):
+    for prefix in ("key_bindings", "team_bindings", "run_bindings", "aliases", "credit_holds"):
         data[f"{prefix}-MIN_NUM_FORMS"] = "0"
         data[f"{prefix}-MAX_NUM_FORMS"] = "1000"
     with django_capture_on_commit_callbacks(execute=True):

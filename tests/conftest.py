@@ -1,9 +1,14 @@
+from collections.abc import Iterator
+
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
 from accounts.models import BillingAccount
 from tests.factories import BillingAccountFactory, EndUserAliasFactory, UserFactory
+from tests.gunicorn_server import Service, django_database_url, running_service
+from tests.litellm_proxy import StubProvider, running_stub_provider
+from tests.stub_billing import StubBilling
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,16 +48,21 @@ def account(db) -> BillingAccount:
 
 
 @pytest.fixture
-def live_service(transactional_db, tmp_path, ingest_token: str):
+def live_service(transactional_db, tmp_path, ingest_token: str) -> Iterator[Service]:
     """The service under gunicorn (2 gthread workers, DEBUG off) on the test database; needs committed data."""
-    from django.db import connection
-
-    from tests.gunicorn_server import database_url, start_service
-
-    service = start_service(database=database_url(connection.settings_dict), log_dir=tmp_path, token=ingest_token)
-    try:
+    with running_service(database=django_database_url(), log_dir=tmp_path, token=ingest_token) as service:
         yield service
-    finally:
-        service.stop()
-        # pytest shows captured teardown output only when the test failed.
-        print(f"\n===== gunicorn log =====\n{service.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProvider]:
+    """The loopback OpenAI-compatible provider that counts its requests (tests/stub_openai_server.py)."""
+    with running_stub_provider(workdir=tmp_path_factory.mktemp("provider")) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def billing() -> Iterator[StubBilling]:
+    """A loopback stand-in of the service's authorize API that records what the plugin sends (tests/stub_billing.py)."""
+    with StubBilling() as stub:
+        yield stub

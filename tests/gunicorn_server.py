@@ -5,27 +5,21 @@ input (or orphaned by a kill) is always reaped with it.
 """
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from django.db import connection
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, RunningProcess, free_port, serving, wait_ready
+
 START_DEADLINE_S = 60.0
-LOG_TAIL_LINES = 120
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def database_url(settings_dict: dict[str, Any]) -> str:
@@ -43,6 +37,11 @@ def database_url(settings_dict: dict[str, Any]) -> str:
     return f"postgresql://{netloc}/{name}"
 
 
+def django_database_url() -> str:
+    """The DATABASE_URL of the database Django is connected to: in a test, pytest-django's test database."""
+    return database_url(connection.settings_dict)
+
+
 def service_env(database: str, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
@@ -58,17 +57,8 @@ def service_env(database: str, **extra: str) -> dict[str, str]:
 
 
 @dataclass
-class Service:
-    proc: subprocess.Popen
-    base_url: str
-    log_path: Path
-    token: str
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError as exc:
-            return f"(no log: {exc})"
+class Service(RunningProcess):
+    token: str = ""
 
     def worker_pids(self) -> list[int]:
         """The master's live children (its workers)."""
@@ -87,49 +77,21 @@ class Service:
         )
 
     def wait_workers(self, count: int, deadline_s: float = START_DEADLINE_S) -> list[int]:
-        """Wait until `count` workers answer (after a kill the master forks new ones)."""
-        deadline = time.monotonic() + deadline_s
-        with httpx.Client(base_url=self.base_url, timeout=5.0, trust_env=False) as client:
-            while time.monotonic() < deadline:
-                pids = self.worker_pids()
-                if len(pids) >= count:
-                    try:
-                        if client.get("/healthz").status_code == 200:
-                            return pids
-                    except httpx.HTTPError:
-                        pass
-                try:
-                    code = self.proc.wait(timeout=0.25)
-                except subprocess.TimeoutExpired:
-                    continue
-                raise RuntimeError(f"gunicorn exited with status {code}.\n{self.log_tail()}")
-        raise RuntimeError(f"gunicorn has no {count} ready workers after {deadline_s:.0f}s.\n{self.log_tail()}")
+        """Wait until `count` workers are up and /healthz answers 200 (after a kill the master forks new ones)."""
+        pids: list[int] = []
 
-    def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left (a worker stuck in C code)."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        def ready(response: httpx.Response) -> bool:
+            pids[:] = self.worker_pids()
+            return response.status_code == 200 and len(pids) >= count
+
+        wait_ready(self, "/healthz", deadline_s=deadline_s, ready=ready)
+        return pids
 
 
 def start_service(
     *, database: str, log_dir: Path, token: str, workers: int = 2, threads: int = 4, **extra_env: str
 ) -> Service:
-    """gunicorn on `database` (a DATABASE_URL), ready when /healthz answers 200."""
+    """gunicorn on `database` (a DATABASE_URL), ready when its workers are up and /healthz answers 200."""
     port = free_port()
     env = service_env(
         database,
@@ -141,16 +103,27 @@ def start_service(
     )
     argv = [sys.executable, "-m", "gunicorn", "billing_project.wsgi", "-c", "billing_project/gunicorn.conf.py"]
     argv += ["-b", f"127.0.0.1:{port}"]
-    log_path = log_dir / "gunicorn.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    service = Service(proc=proc, base_url=f"http://127.0.0.1:{port}", log_path=log_path, token=token)
+    service = Service.start(
+        "gunicorn", argv, port=port, log_path=log_dir / "gunicorn.log", env=env, own_group=True, token=token
+    )
     try:
         service.wait_workers(workers)
     except BaseException:
         service.stop()
         raise
     return service
+
+
+@contextmanager
+def running_service(
+    *, database: str, log_dir: Path, token: str, workers: int = 2, threads: int = 4, **extra_env: str
+) -> Iterator[Service]:
+    """start_service for the length of a `with`; then stopped, its log tail printed."""
+    service = start_service(
+        database=database, log_dir=log_dir, token=token, workers=workers, threads=threads, **extra_env
+    )
+    with serving(service):
+        yield service
 
 
 def manage(database: str, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:

@@ -2,23 +2,23 @@
 
 Reusable by any e2e test:
 
-    with running_litellm_proxy(config_dict, workdir=tmp_path, env={"BILLING_URL": ...}) as proxy:
+    config = proxy_config(mocked_model(), generic_api=["success"])
+    with running_litellm_proxy(config, workdir=tmp_path, env=generic_api_env(url, token)) as proxy:
         httpx.post(f"{proxy.base_url}/v1/chat/completions", headers=proxy.auth_headers, ...)
 
 The proxy runs offline (LITELLM_LOCAL_MODEL_COST_MAP=True), inherits only a small allowlist of our
 environment (never DATABASE_URL, which LiteLLM would try to use, nor HTTP proxy settings), runs in
 `workdir` (whatever it writes stays out of the repository) and has the repository root on
-PYTHONPATH, so `litellm_billing_plugin` is importable from the config. Files in `files` (e.g. a
-custom_auth module) are written next to the config, where LiteLLM's get_instance_fn looks first.
+PYTHONPATH, so `litellm_billing_plugin` is importable from the config. With `teams`, keys are
+authenticated by a custom_auth module (CUSTOM_AUTH) instead of the master key.
 """
 
+import hashlib
 import json
 import os
 import secrets
-import socket
 import subprocess
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,35 +26,39 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, ProcessStartError, RunningProcess, free_port, serving
+
 LITELLM_BIN = ROOT / ".venv-litellm" / "bin" / "litellm"
 LITELLM_PYTHON = ROOT / ".venv-litellm" / "bin" / "python"
 # What a config lists under litellm_settings.callbacks to load the billing plugin.
 PLUGIN_CALLBACK = "litellm_billing_plugin.hook.billing_plugin"
 PROXY_START_DEADLINE_S = 120.0
-LOG_TAIL_LINES = 200
 ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "XDG_RUNTIME_DIR")
+MOCK_RESPONSE = "Hello from a mocked model."
+
+# Written next to the config (where LiteLLM's get_instance_fn looks for `custom_auth.<fn>`) when the proxy is
+# started with `teams`: it accepts exactly those keys, each with its team, so several keys (and teams) work
+# without LiteLLM's database, and the callback carries each key's sha256 as `user_api_key_hash`.
+CUSTOM_AUTH = """
+import json
+import os
+
+from fastapi import Request
+from litellm.proxy._types import UserAPIKeyAuth
+
+TEAMS = json.loads(os.environ["TEST_KEY_TEAMS"])
 
 
-class ProcessStartError(RuntimeError):
-    pass
+async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
+    if api_key not in TEAMS:
+        raise Exception("unknown key")
+    return UserAPIKeyAuth(api_key=api_key, team_id=TEAMS[api_key])
+"""
 
 
-@dataclass
-class RunningProcess:
-    name: str
-    proc: subprocess.Popen
-    log_path: Path
-    base_url: str
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError as exc:
-            return f"(no log: {exc})"
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+def key_hash(key: str) -> str:
+    """What LiteLLM logs as `user_api_key_hash` for a custom_auth sk- key (SPEC section 3)."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass
@@ -64,12 +68,6 @@ class LiteLLMProxy(RunningProcess):
     @property
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.master_key}"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -88,42 +86,47 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def wait_ready(process: RunningProcess, path: str, *, deadline_s: float) -> None:
-    """Poll `path` until it answers 2xx, the process dies, or the deadline passes."""
-    deadline = time.monotonic() + deadline_s
-    last_error = "no answer yet"
-    with httpx.Client(base_url=process.base_url, timeout=5.0, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            try:
-                response = client.get(path)
-                if response.is_success:
-                    return
-                last_error = f"HTTP {response.status_code}: {response.text[:200]}"
-            except httpx.HTTPError as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-            try:
-                code = process.proc.wait(timeout=0.25)  # the pause between polls checks that it is alive
-            except subprocess.TimeoutExpired:
-                continue
-            raise ProcessStartError(
-                f"{process.name} exited with status {code} before it was ready.\n{process.log_tail()}"
-            )
-    raise ProcessStartError(
-        f"{process.name} was not ready at {process.base_url}{path} within {deadline_s:.0f}s "
-        f"(last: {last_error}).\n{process.log_tail()}"
-    )
+def mocked_model(name: str = "gpt-4o-mini") -> dict[str, Any]:
+    """A model_list entry answered by LiteLLM itself (`mock_response`): no provider is called."""
+    params = {"model": "openai/gpt-4o-mini", "api_key": "sk-fake", "mock_response": MOCK_RESPONSE}
+    return {"model_name": name, "litellm_params": params}
 
 
-def stop(process: RunningProcess) -> None:
-    if process.proc.poll() is None:
-        process.proc.terminate()
-        try:
-            process.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.proc.kill()
-            process.proc.wait(timeout=15)
-    # pytest shows captured teardown output only when a test failed.
-    print(f"\n===== {process.name} log (last {LOG_TAIL_LINES} lines) =====\n{process.log_tail()}")
+def provider_model(name: str, api_base: str) -> dict[str, Any]:
+    """A model_list entry that calls the OpenAI-compatible provider at `api_base`, never retried."""
+    params = {"model": "openai/gpt-4o-mini", "api_key": "sk-fake", "num_retries": 0, "api_base": api_base}
+    return {"model_name": name, "litellm_params": params}
+
+
+def proxy_config(*models: dict[str, Any], plugin: bool = False, generic_api: Iterable[str] = ()) -> dict[str, Any]:
+    """A proxy config serving `models`, nothing retried; `plugin` loads the billing plugin, `generic_api`
+    names the events ("success", "failure") LiteLLM's generic_api logger delivers (see generic_api_env)."""
+    settings: dict[str, Any] = {"callbacks": [PLUGIN_CALLBACK]} if plugin else {}
+    settings |= {f"{event}_callback": ["generic_api"] for event in generic_api}
+    return {
+        "model_list": list(models),
+        "litellm_settings": {**settings, "num_retries": 0},
+        "router_settings": {"num_retries": 0},
+    }
+
+
+def generic_api_env(service_url: str, token: str) -> dict[str, str]:
+    """The proxy environment that points LiteLLM's generic_api logger at the service's ingest endpoint."""
+    return {
+        "GENERIC_LOGGER_ENDPOINT": f"{service_url}/api/internal/billing/ingest",
+        "GENERIC_LOGGER_HEADERS": f"Authorization=Bearer {token}",
+        "DEFAULT_FLUSH_INTERVAL_SECONDS": "1",
+    }
+
+
+def plugin_env(billing_url: str, token: str, *, on_unavailable: str, timeout_s: float) -> dict[str, str]:
+    """The proxy environment of the billing plugin (litellm_billing_plugin.settings)."""
+    return {
+        "BILLING_URL": billing_url,
+        "BILLING_INGEST_TOKEN": token,
+        "BILLING_PLUGIN_TIMEOUT_SECONDS": str(timeout_s),
+        "BILLING_PLUGIN_ON_UNAVAILABLE": on_unavailable,
+    }
 
 
 @contextmanager
@@ -132,10 +135,13 @@ def running_litellm_proxy(
     *,
     workdir: Path,
     env: Mapping[str, str] | None = None,
-    files: Mapping[str, str] | None = None,
+    teams: Mapping[str, str] | None = None,
     deadline_s: float = PROXY_START_DEADLINE_S,
 ) -> Iterator[LiteLLMProxy]:
-    """The real proxy serving `config` (a dict; a master key is added if it has none)."""
+    """The real proxy serving `config` (a dict; a master key is added if it has none).
+
+    `teams` (key -> team id): keys are authenticated by CUSTOM_AUTH instead of the master key.
+    """
     if not LITELLM_BIN.exists():
         raise ProcessStartError(
             f"The LiteLLM proxy is not installed ({LITELLM_BIN} is missing). "
@@ -145,23 +151,27 @@ def running_litellm_proxy(
     config = json.loads(json.dumps(config))  # a deep copy we may add to
     general = config.setdefault("general_settings", {})
     master_key = general.setdefault("master_key", f"sk-test-{secrets.token_urlsafe(24)}")
-    for name, text in (files or {}).items():
-        (workdir / name).write_text(text)
+    env = dict(env or {})
+    if teams is not None:
+        general["custom_auth"] = "custom_auth.user_api_key_auth"
+        (workdir / "custom_auth.py").write_text(CUSTOM_AUTH)
+        env["TEST_KEY_TEAMS"] = json.dumps(dict(teams))
     config_path = workdir / "litellm-config.yaml"
     config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     port = free_port()
-    log_path = workdir / "litellm.log"
     argv = [str(LITELLM_BIN), "--config", str(config_path), "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(argv, cwd=workdir, env=base_env(env), stdout=log, stderr=subprocess.STDOUT)
-    proxy = LiteLLMProxy(
-        name="litellm", proc=proc, log_path=log_path, base_url=f"http://127.0.0.1:{port}", master_key=master_key
+    # Run from `workdir`: whatever LiteLLM writes to its working directory stays out of the repository.
+    proxy = LiteLLMProxy.start(
+        "litellm",
+        argv,
+        port=port,
+        log_path=workdir / "litellm.log",
+        env=base_env(env),
+        cwd=workdir,
+        master_key=master_key,
     )
-    try:
-        wait_ready(proxy, "/health/liveliness", deadline_s=deadline_s)
+    with serving(proxy, "/health/liveliness", deadline_s=deadline_s):
         yield proxy
-    finally:
-        stop(proxy)
 
 
 @dataclass
@@ -185,6 +195,7 @@ class StubProvider(RunningProcess):
 
 @contextmanager
 def running_stub_provider(*, workdir: Path) -> Iterator[StubProvider]:
+    """The stub provider; it picks its own port and prints it on its first stdout line."""
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "stub-provider.log"
     argv = [str(LITELLM_PYTHON), str(ROOT / "tests" / "stub_openai_server.py")]
@@ -192,18 +203,14 @@ def running_stub_provider(*, workdir: Path) -> Iterator[StubProvider]:
         proc = subprocess.Popen(argv, cwd=workdir, env=base_env(), stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         port_line = proc.stdout.readline().strip() if proc.stdout is not None else ""
-        if not port_line.isdigit():
-            proc.kill()
-            proc.wait(timeout=15)
-            raise ProcessStartError(f"the stub provider did not start: {log_path.read_text(errors='replace')}")
         stub = StubProvider(
             name="stub-provider", proc=proc, log_path=log_path, base_url=f"http://127.0.0.1:{port_line}"
         )
-        wait_ready(stub, "/_stats", deadline_s=30.0)
-        yield stub
+        if not port_line.isdigit():
+            stub.stop()
+            raise ProcessStartError(f"the stub provider did not start: {stub.log_text()}")
+        with serving(stub, "/_stats", deadline_s=30.0):
+            yield stub
     finally:
         if proc.stdout is not None:
             proc.stdout.close()
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=15)

@@ -5,6 +5,7 @@ body), by default a 200 hold. `hang_seconds` delays every answer (to exceed the 
 """
 
 import json
+import secrets
 import threading
 import time
 import uuid
@@ -38,9 +39,15 @@ def refuse(request: Recorded) -> tuple[int, dict[str, Any]]:
     return 402, {"allowed": False, "reason": "insufficient_credits", "available_credits": 0, "required_credits": 17}
 
 
+def new_token() -> str:
+    return f"tok-{secrets.token_urlsafe(24)}"
+
+
 @dataclass
 class StubBilling:
-    token: str
+    """Serves while started (`start()`, or a `with` block), on a loopback port of its own."""
+
+    token: str = field(default_factory=new_token)
     answer: Callable[[Recorded], tuple[int, dict[str, Any]]] = allow
     hang_seconds: float = 0.0
     requests: list[Recorded] = field(default_factory=list)
@@ -117,6 +124,12 @@ class StubBilling:
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
+
+    def __enter__(self) -> "StubBilling":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         if self._server is not None:

@@ -13,44 +13,37 @@ loopback LiteLLM stand-in. Every wait is for a condition, with a deadline.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 import redis
 from celery import Celery
 from django.core.management import call_command
-from django.db import connection
 from django.utils import timezone
 
 from accounts.models import CreditLedgerEntry, EndUserAlias
 from receipts.models import ChargeReceipt, DeferredUsage
 from receipts.services import ingest_usage_records
 from tests.factories import BillingAccountFactory, EndUserAliasFactory, bind_trusted_gateway, litellm_record
+from tests.gunicorn_server import django_database_url
 from tests.litellm_standin import MASTER_KEY, SpendLogStandIn, spend_log_row
+from tests.processes import free_port, wait_until
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DEADLINE_SECONDS = 90
 
 
 def wait_for(condition: Callable[[], Any], what: str, *, deadline: float = DEADLINE_SECONDS, logs: Any = ()) -> Any:
-    end = time.monotonic() + deadline
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            tails = "\n".join(f"--- {p}:\n{Path(p).read_text()[-3000:]}" for p in logs if Path(p).exists())
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}\n{tails}")
-        time.sleep(0.1)
+    def tails() -> str:
+        return "\n".join(f"--- {p}:\n{Path(p).read_text()[-3000:]}" for p in logs if Path(p).exists())
+
+    return wait_until(condition, what, deadline_s=deadline, detail=tails)
 
 
 def _reachable(url: str) -> bool:
@@ -58,12 +51,6 @@ def _reachable(url: str) -> bool:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
     except (redis.RedisError, OSError, ValueError):
         return False
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +68,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "the real-broker test needs Redis: none is reachable (REDIS_URL, 127.0.0.1:6379) and redis-server "
             "is not installed. Run bin/bootstrap-redis (bin/test does) or set REDIS_URL."
         )
-    port = _free_port()
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
@@ -99,19 +86,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def test_database_url() -> str:
-    """A DATABASE_URL of the test database, for the subprocesses."""
-    sd = connection.settings_dict
-    auth = f"{quote(sd['USER'] or '')}:{quote(sd['PASSWORD'] or '')}@" if sd["USER"] else ""
-    host, port, name = sd["HOST"] or "", str(sd["PORT"] or ""), quote(sd["NAME"])
-    if host.startswith("/"):
-        return f"postgresql://{auth}/{name}?host={quote(host)}" + (f"&port={port}" if port else "")
-    return f"postgresql://{auth}{host}{':' + port if port else ''}/{name}"
-
-
-test_database_url.__test__ = False  # a helper, not a test
-
-
 @pytest.fixture
 def standin(settings) -> Iterator[SpendLogStandIn]:
     with SpendLogStandIn() as server:
@@ -123,7 +97,7 @@ def standin(settings) -> Iterator[SpendLogStandIn]:
 def worker_env(standin: SpendLogStandIn, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": django_database_url(),
         "LITELLM_BASE_URL": standin.url,
         "LITELLM_MASTER_KEY": MASTER_KEY,
         "LITELLM_RETRY_BACKOFF_SECONDS": "0",

@@ -16,7 +16,6 @@ service's own API, as the README tells an operator to.
    run-42 is billed to the tenant.
 """
 
-import hashlib
 import io
 import json
 import secrets
@@ -31,15 +30,21 @@ from typing import Any
 import httpx
 import pytest
 from django.core.management import call_command
-from django.db import connection
 from django.db.models import Sum
 
 from accounts.models import BillingAccount, CreditLedgerEntry, PayerSource
 from accounts.money import usd_to_credits
 from receipts.models import ChargeReceipt, IngestBatch
 from tests.factories import BillingAccountFactory
-from tests.gunicorn_server import Service, database_url, start_service
-from tests.litellm_proxy import LiteLLMProxy, running_litellm_proxy
+from tests.gunicorn_server import Service, django_database_url, running_service
+from tests.litellm_proxy import (
+    LiteLLMProxy,
+    generic_api_env,
+    key_hash,
+    mocked_model,
+    proxy_config,
+    running_litellm_proxy,
+)
 from tests.litellm_standin import MASTER_KEY, SpendLogStandIn, spend_log_row
 
 pytestmark = pytest.mark.e2e
@@ -51,27 +56,6 @@ KEY_TEAM_ONLY = f"sk-team-t-{secrets.token_hex(8)}"
 KEY_GATEWAY = f"sk-gateway-{secrets.token_hex(8)}"
 TEAMS = {KEY_A: "team-a", KEY_B: "team-b", KEY_TEAM_ONLY: "team-t", KEY_GATEWAY: "team-gateway"}
 
-CUSTOM_AUTH = """
-import json
-import os
-
-from fastapi import Request
-from litellm.proxy._types import UserAPIKeyAuth
-
-TEAMS = json.loads(os.environ["TEST_KEY_TEAMS"])
-
-
-async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
-    if api_key not in TEAMS:
-        raise Exception("unknown key")
-    return UserAPIKeyAuth(api_key=api_key, team_id=TEAMS[api_key])
-"""
-
-
-def key_hash(key: str) -> str:
-    """What LiteLLM logs as `user_api_key_hash` for a custom_auth sk- key (SPEC section 3)."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
 
 @pytest.fixture
 def standin() -> Iterator[SpendLogStandIn]:
@@ -82,45 +66,22 @@ def standin() -> Iterator[SpendLogStandIn]:
 @pytest.fixture
 def service(transactional_db: None, tmp_path: Path, ingest_token: str, standin: SpendLogStandIn) -> Iterator[Service]:
     """gunicorn on the test database, reading LiteLLM's spend logs from the stand-in."""
-    running = start_service(
-        database=database_url(connection.settings_dict),
+    with running_service(
+        database=django_database_url(),
         log_dir=tmp_path,
         token=ingest_token,
         LITELLM_BASE_URL=standin.url,
         LITELLM_MASTER_KEY=MASTER_KEY,
         LITELLM_RETRIES="0",
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        running.stop()
-        print(f"\n===== gunicorn log =====\n{running.log_tail()}")
 
 
 @pytest.fixture
-def proxy(service: Service, tmp_path: Path, ingest_token: str) -> Iterator[LiteLLMProxy]:
-    config = {
-        "model_list": [
-            {
-                "model_name": "gpt-4o-mini",
-                "litellm_params": {
-                    "model": "openai/gpt-4o-mini",
-                    "api_key": "sk-fake",
-                    "mock_response": "Hello from a mocked model.",
-                },
-            }
-        ],
-        "litellm_settings": {"success_callback": ["generic_api"], "num_retries": 0},
-        "general_settings": {"custom_auth": "custom_auth.user_api_key_auth"},
-    }
-    env = {
-        "GENERIC_LOGGER_ENDPOINT": f"{service.base_url}/api/internal/billing/ingest",
-        "GENERIC_LOGGER_HEADERS": f"Authorization=Bearer {ingest_token}",
-        "DEFAULT_FLUSH_INTERVAL_SECONDS": "1",
-        "TEST_KEY_TEAMS": json.dumps(TEAMS),
-    }
-    workdir = tmp_path / "litellm"
-    with running_litellm_proxy(config, workdir=workdir, env=env, files={"custom_auth.py": CUSTOM_AUTH}) as running:
+def proxy(service: Service, tmp_path: Path) -> Iterator[LiteLLMProxy]:
+    config = proxy_config(mocked_model(), generic_api=["success"])
+    env = generic_api_env(service.base_url, service.token)
+    with running_litellm_proxy(config, workdir=tmp_path / "litellm", env=env, teams=TEAMS) as running:
         yield running
 
 

@@ -238,7 +238,7 @@ def test_postgres_stop_and_start_during_ingest(own_postgres: OwnPostgres, tmp_pa
         if thread.is_alive():
             thread.join(timeout=60)
         service.stop()
-        print(f"\n===== gunicorn log =====\n{service.log_tail()}")
+        service.print_log_tail()
     books = _book_checks(own_postgres.url)
     assert books == {"receipts": len(call_ids), "distinct_calls": len(call_ids), "without_debit": 0, "balance_drift": 0}
     done = manage(own_postgres.url, "reconcile", "--books-only", "--since", "2000-01-01", "--until", "2100-01-01")

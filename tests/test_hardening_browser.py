@@ -20,31 +20,28 @@ def test_pages_run_under_the_content_security_policy(live_server: Any) -> None:
     UserFactory(username="csp-operator", is_staff=True, is_superuser=True)
     violations: list[str] = []
 
-    def watch(page: Any) -> None:
+    def logged_in(browser: Any, login_path: str, username: str) -> Any:
+        """A new page, watched for CSP violations, logged in as `username` at `login_path`."""
+        page = browser.new_page()
         page.on(
             "console",
             lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None,
         )
+        page.goto(f"{live_server.url}{login_path}")
+        page.fill("input[name=username]", username)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("[type=submit]")
+        return page
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=LAUNCH_ARGS)
         try:
-            user = browser.new_page()
-            watch(user)
-            user.goto(f"{live_server.url}/accounts/login/")
-            user.fill("input[name=username]", "grace")
-            user.fill("input[name=password]", PASSWORD)
-            user.click("[type=submit]")
+            user = logged_in(browser, "/accounts/login/", "grace")
             expect(user.locator("body")).to_contain_text("Compilers Ltd")
             invoice = user.goto(f"{live_server.url}/billing/invoice/")
             assert invoice is not None and "default-src 'self'" in invoice.headers["content-security-policy"]
 
-            admin = browser.new_page()
-            watch(admin)
-            admin.goto(f"{live_server.url}/admin/login/")
-            admin.fill("input[name=username]", "csp-operator")
-            admin.fill("input[name=password]", PASSWORD)
-            admin.click("[type=submit]")
+            admin = logged_in(browser, "/admin/login/", "csp-operator")
             admin.goto(f"{live_server.url}/admin/accounts/billingaccount/{account.pk}/change/")
             # inlines.js adds this link: admin scripts run under script-src 'self'.
             expect(admin.locator(".add-row a")).to_be_visible()

@@ -6,24 +6,30 @@ usage records to the service's ingest endpoint, whose receipts settle the holds.
 `custom_auth` function (LiteLLM logs each key's sha256), each bound to its own account.
 """
 
-import hashlib
-import json
 import secrets
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from pathlib import Path
 
 import httpx
 import pytest
-from django.db import connection
 
 from accounts.models import ApiKeyBinding, BillingAccount, CreditHold
 from accounts.services import grant_credits
 from receipts.models import ChargeReceipt
+from tests import processes
 from tests.factories import BillingAccountFactory
-from tests.gunicorn_server import Service, database_url, manage
-from tests.litellm_proxy import PLUGIN_CALLBACK, StubProvider, running_litellm_proxy, running_stub_provider
+from tests.gunicorn_server import Service, django_database_url, manage
+from tests.litellm_proxy import (
+    LiteLLMProxy,
+    StubProvider,
+    generic_api_env,
+    key_hash,
+    plugin_env,
+    provider_model,
+    proxy_config,
+    running_litellm_proxy,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,25 +45,10 @@ SETTLE_DEADLINE_S = 45.0
 MESSAGES = [{"role": "user", "content": "Say hello to the billing service."}]
 MAX_TOKENS = 200
 
-CUSTOM_AUTH = """
-import json
-import os
-
-from litellm.proxy._types import UserAPIKeyAuth
-
-TEAMS = json.loads(os.environ["TEST_PLUGIN_TEAMS"])
-
-
-async def user_api_key_auth(request, api_key: str) -> UserAPIKeyAuth:
-    if api_key not in TEAMS:
-        raise Exception("unknown key")
-    return UserAPIKeyAuth(api_key=api_key, team_id=TEAMS[api_key])
-"""
-
 
 def bind(key: str, name: str, credits: int = 0) -> BillingAccount:
     account = BillingAccountFactory(name=name)
-    ApiKeyBinding.objects.create(key_hash=hashlib.sha256(key.encode()).hexdigest(), account=account)
+    ApiKeyBinding.objects.create(key_hash=key_hash(key), account=account)
     if credits:
         grant_credits(account=account, amount_credits=credits, reason="grant", idempotency_key=f"e2e-{name}")
     return account
@@ -71,14 +62,10 @@ def chat(client: httpx.Client, key: str, model: str = "gpt-4o-mini") -> httpx.Re
     )
 
 
-def wait_until(condition: Callable[[], bool], what: str, deadline_s: float = SETTLE_DEADLINE_S) -> None:
+def wait_until(condition: Callable[[], bool], what: str) -> None:
     """Re-check the database until `condition` holds (bounded): the callback lands asynchronously."""
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        if time.monotonic() > deadline:
-            holds = list(CreditHold.objects.values("litellm_call_id", "status", "held_credits", "receipt_id"))
-            pytest.fail(f"timed out waiting for {what}: {holds}")
-        time.sleep(0.1)
+    holds = CreditHold.objects.values("litellm_call_id", "status", "held_credits", "receipt_id")
+    processes.wait_until(condition, what, deadline_s=SETTLE_DEADLINE_S, detail=lambda: str(list(holds.all())))
 
 
 def books_tie(service_db: str) -> None:
@@ -87,45 +74,23 @@ def books_tie(service_db: str) -> None:
 
 
 @pytest.fixture
-def provider(tmp_path: Any) -> Iterator[StubProvider]:
-    with running_stub_provider(workdir=tmp_path / "provider") as stub:
-        yield stub
-
-
-@pytest.fixture
-def proxy(live_service: Service, provider: StubProvider, tmp_path: Any) -> Iterator[Any]:
-    deployment = {"model": "openai/gpt-4o-mini", "api_key": "sk-fake", "num_retries": 0}
-    config = {
-        "model_list": [
-            {"model_name": "gpt-4o-mini", "litellm_params": {**deployment, "api_base": provider.api_base}},
-            {"model_name": "broken", "litellm_params": {**deployment, "api_base": provider.failing_api_base}},
-        ],
-        "litellm_settings": {
-            "callbacks": [PLUGIN_CALLBACK],
-            "success_callback": ["generic_api"],
-            "failure_callback": ["generic_api"],
-            "num_retries": 0,
-        },
-        "router_settings": {"num_retries": 0},
-        "general_settings": {"custom_auth": "custom_auth.user_api_key_auth"},
-    }
+def proxy(live_service: Service, provider: StubProvider, tmp_path: Path) -> Iterator[LiteLLMProxy]:
+    config = proxy_config(
+        provider_model("gpt-4o-mini", provider.api_base),
+        provider_model("broken", provider.failing_api_base),
+        plugin=True,
+        generic_api=["success", "failure"],
+    )
     env = {
-        "BILLING_URL": live_service.base_url,
-        "BILLING_INGEST_TOKEN": live_service.token,
-        "BILLING_PLUGIN_TIMEOUT_SECONDS": "5",
-        "BILLING_PLUGIN_ON_UNAVAILABLE": "fail_closed",
-        "GENERIC_LOGGER_ENDPOINT": f"{live_service.base_url}/api/internal/billing/ingest",
-        "GENERIC_LOGGER_HEADERS": f"Authorization=Bearer {live_service.token}",
-        "DEFAULT_FLUSH_INTERVAL_SECONDS": "1",
-        "TEST_PLUGIN_TEAMS": json.dumps(TEAMS),
+        **plugin_env(live_service.base_url, live_service.token, on_unavailable="fail_closed", timeout_s=5),
+        **generic_api_env(live_service.base_url, live_service.token),
     }
-    workdir = tmp_path / "litellm"
-    with running_litellm_proxy(config, workdir=workdir, env=env, files={"custom_auth.py": CUSTOM_AUTH}) as running:
+    with running_litellm_proxy(config, workdir=tmp_path / "litellm", env=env, teams=TEAMS) as running:
         yield running
 
 
-def test_holds_through_the_real_proxy(live_service: Service, proxy: Any, provider: StubProvider) -> None:
-    service_db = database_url(connection.settings_dict)
+def test_holds_through_the_real_proxy(live_service: Service, proxy: LiteLLMProxy, provider: StubProvider) -> None:
+    service_db = django_database_url()
     broke = bind(KEY_BROKE, "Broke e2e")
     rich = bind(KEY_RICH, "Rich e2e", credits=10_000_000)
 

@@ -20,11 +20,12 @@ import httpx
 import pytest
 
 from tests.litellm_proxy import (
-    PLUGIN_CALLBACK,
     LiteLLMProxy,
     StubProvider,
+    plugin_env,
+    provider_model,
+    proxy_config,
     running_litellm_proxy,
-    running_stub_provider,
 )
 from tests.stub_billing import Recorded, StubBilling, allow, refuse
 
@@ -35,60 +36,19 @@ KEY_ALPHA = f"sk-alpha-{secrets.token_hex(8)}"
 KEY_BETA = f"sk-beta-{secrets.token_hex(8)}"
 TEAMS = {KEY_ALPHA: "team-alpha", KEY_BETA: "team-beta"}
 
-# Written next to the proxy's config, where LiteLLM's get_instance_fn looks for `custom_auth.<fn>`.
-CUSTOM_AUTH = """
-import json
-import os
-
-from fastapi import Request
-from litellm.proxy._types import UserAPIKeyAuth
-
-TEAMS = json.loads(os.environ["TEST_PLUGIN_TEAMS"])
-
-
-async def user_api_key_auth(request: Request, api_key: str) -> UserAPIKeyAuth:
-    if api_key not in TEAMS:
-        raise Exception("unknown key")
-    return UserAPIKeyAuth(api_key=api_key, team_id=TEAMS[api_key])
-"""
-
-
-@pytest.fixture(scope="module")
-def billing() -> Iterator[StubBilling]:
-    stub = StubBilling(token=f"tok-{secrets.token_urlsafe(24)}").start()
-    yield stub
-    stub.stop()
-
-
-@pytest.fixture(scope="module")
-def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProvider]:
-    with running_stub_provider(workdir=tmp_path_factory.mktemp("provider")) as stub:
-        yield stub
-
 
 @pytest.fixture(scope="module")
 def proxy(
     billing: StubBilling, provider: StubProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiteLLMProxy]:
-    deployment = {"model": "openai/gpt-4o-mini", "api_key": "sk-fake", "num_retries": 0}
-    config = {
-        "model_list": [
-            {"model_name": "gpt-4o-mini", "litellm_params": {**deployment, "api_base": provider.api_base}},
-            {"model_name": "broken", "litellm_params": {**deployment, "api_base": provider.failing_api_base}},
-        ],
-        "litellm_settings": {"callbacks": [PLUGIN_CALLBACK], "num_retries": 0},
-        "router_settings": {"num_retries": 0},
-        "general_settings": {"custom_auth": "custom_auth.user_api_key_auth"},
-    }
-    env = {
-        "BILLING_URL": billing.base_url,
-        "BILLING_INGEST_TOKEN": billing.token,
-        "BILLING_PLUGIN_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
-        "BILLING_PLUGIN_ON_UNAVAILABLE": "fail_closed",
-        "TEST_PLUGIN_TEAMS": json.dumps(TEAMS),
-    }
+    config = proxy_config(
+        provider_model("gpt-4o-mini", provider.api_base),
+        provider_model("broken", provider.failing_api_base),
+        plugin=True,
+    )
+    env = plugin_env(billing.base_url, billing.token, on_unavailable="fail_closed", timeout_s=TIMEOUT_SECONDS)
     workdir = tmp_path_factory.mktemp("litellm")
-    with running_litellm_proxy(config, workdir=workdir, env=env, files={"custom_auth.py": CUSTOM_AUTH}) as running:
+    with running_litellm_proxy(config, workdir=workdir, env=env, teams=TEAMS) as running:
         yield running
 
 

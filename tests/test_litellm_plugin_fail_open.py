@@ -4,18 +4,18 @@ Its own proxy (the fail mode is read at start). Without custom_auth, the master 
 LiteLLM logs it as the literal `litellm_proxy_master_key`, and the plugin must send the same.
 """
 
-import secrets
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.litellm_proxy import (
-    PLUGIN_CALLBACK,
     LiteLLMProxy,
     StubProvider,
+    plugin_env,
+    provider_model,
+    proxy_config,
     running_litellm_proxy,
-    running_stub_provider,
 )
 from tests.stub_billing import StubBilling
 
@@ -23,37 +23,11 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def billing() -> Iterator[StubBilling]:
-    stub = StubBilling(token=f"tok-{secrets.token_urlsafe(24)}").start()
-    yield stub
-    stub.stop()
-
-
-@pytest.fixture(scope="module")
-def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StubProvider]:
-    with running_stub_provider(workdir=tmp_path_factory.mktemp("provider")) as stub:
-        yield stub
-
-
-@pytest.fixture(scope="module")
 def proxy(
     billing: StubBilling, provider: StubProvider, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiteLLMProxy]:
-    config = {
-        "model_list": [
-            {
-                "model_name": "gpt-4o-mini",
-                "litellm_params": {"model": "openai/gpt-4o-mini", "api_key": "sk-fake", "api_base": provider.api_base},
-            }
-        ],
-        "litellm_settings": {"callbacks": [PLUGIN_CALLBACK], "num_retries": 0},
-    }
-    env = {
-        "BILLING_URL": billing.base_url,
-        "BILLING_INGEST_TOKEN": billing.token,
-        "BILLING_PLUGIN_TIMEOUT_SECONDS": "0.5",
-        "BILLING_PLUGIN_ON_UNAVAILABLE": "fail_open",
-    }
+    config = proxy_config(provider_model("gpt-4o-mini", provider.api_base), plugin=True)
+    env = plugin_env(billing.base_url, billing.token, on_unavailable="fail_open", timeout_s=0.5)
     with running_litellm_proxy(config, workdir=tmp_path_factory.mktemp("litellm"), env=env) as running:
         yield running
 

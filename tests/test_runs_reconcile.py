@@ -30,8 +30,8 @@ from receipts.models import ChargeReceipt
 from receipts.services import ingest_usage_records
 from reconciliation.runs import reconcile_run
 from tests.factories import BillingAccountFactory, litellm_record
-from tests.gunicorn_server import free_port
 from tests.litellm_standin import API_KEY_HASH, MASTER_KEY, SpendLogStandIn, spend_log_row
+from tests.processes import free_port
 
 pytestmark = pytest.mark.django_db
 

@@ -11,8 +11,6 @@
 import os
 import re
 import runpy
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from django.db import connection
 
 from receipts.models import ChargeReceipt
 from tests.factories import BillingAccountFactory, EndUserAliasFactory, litellm_record, to_body
-from tests.test_e2e_litellm import Process, _database_url, _free_port, _start, _stop, _wait_ready
+from tests.gunicorn_server import Service, django_database_url, running_service, service_env
+from tests.processes import RunningProcess, free_port, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -50,11 +48,11 @@ def _billed_account(end_user: str) -> None:
 
 
 @pytest.fixture
-def compose_web(transactional_db: None, tmp_path: Path) -> Iterator[tuple[Process, Path]]:
+def compose_web(transactional_db: None, tmp_path: Path) -> Iterator[tuple[RunningProcess, Path]]:
     web = _compose()["services"]["web"]
     command = web["command"].strip()
     assert command.count("-b 0.0.0.0:8000") == 1, command
-    port = _free_port()
+    port = free_port()
     # The one change to the command: a free loopback port instead of the container's 0.0.0.0:8000.
     command = command.replace("-b 0.0.0.0:8000", f"-b 127.0.0.1:{port}")
     metrics_dir = tmp_path / "fresh" / "prometheus"
@@ -66,34 +64,21 @@ def compose_web(transactional_db: None, tmp_path: Path) -> Iterator[tuple[Proces
         {
             # `python` and `gunicorn` resolve as in the image: on PATH.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "DATABASE_URL": _database_url(connection.settings_dict),
+            "DATABASE_URL": django_database_url(),
             "SECRET_KEY": os.environ["SECRET_KEY"],  # compose takes these two from .env
             "BILLING_INGEST_TOKEN": os.environ["BILLING_INGEST_TOKEN"],
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         }
     )
-    log_path = tmp_path / "web.log"
-    with log_path.open("wb") as log:
-        # Its own session: `sh` and the gunicorn it starts are stopped together.
-        proc = subprocess.Popen(
-            ["sh", "-c", command], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    service = Process(name="compose web", proc=proc, log_path=log_path, base_url=f"http://127.0.0.1:{port}")
-    try:
-        _wait_ready(service, "/healthz", deadline_s=START_DEADLINE_S, ready=lambda r: r.status_code == 200)
+    # Its own session: `sh` and the gunicorn it starts are stopped together.
+    web = RunningProcess.start(
+        "compose web", ["sh", "-c", command], port=port, log_path=tmp_path / "web.log", env=env, own_group=True
+    )
+    with serving(web, "/healthz", deadline_s=START_DEADLINE_S) as service:
         yield service, metrics_dir
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=20)
-        print(f"\n===== compose web log =====\n{service.log_tail()}")
 
 
-def test_compose_web_command_ingests_and_serves_metrics(compose_web: tuple[Process, Path]) -> None:
+def test_compose_web_command_ingests_and_serves_metrics(compose_web: tuple[RunningProcess, Path]) -> None:
     service, metrics_dir = compose_web
     _billed_account("compose-alice")
     record = litellm_record(end_user="compose-alice")
@@ -161,28 +146,15 @@ def test_compose_passes_litellm_the_variables_it_reads() -> None:
 
 
 @pytest.fixture
-def gunicorn_small_limit(transactional_db: None, tmp_path: Path) -> Iterator[Process]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": _database_url(connection.settings_dict),
-        "BILLING_INGEST_MAX_BODY_BYTES": "200000",
-        "WEB_CONCURRENCY": "1",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    argv = [sys.executable, "-m", "gunicorn", "billing_project.wsgi", "-c", "billing_project/gunicorn.conf.py"]
-    service = _start(
-        "gunicorn",
-        [*argv, "-b", f"127.0.0.1:{port}"],
-        env=env,
-        log_path=tmp_path / "gunicorn.log",
-        base_url=f"http://127.0.0.1:{port}",
-    )
-    try:
-        _wait_ready(service, "/healthz", deadline_s=START_DEADLINE_S, ready=lambda r: r.status_code == 200)
+def gunicorn_small_limit(transactional_db: None, tmp_path: Path, ingest_token: str) -> Iterator[Service]:
+    with running_service(
+        database=django_database_url(),
+        log_dir=tmp_path,
+        token=ingest_token,
+        workers=1,
+        BILLING_INGEST_MAX_BODY_BYTES="200000",
+    ) as service:
         yield service
-    finally:
-        _stop(service)
 
 
 def _chunks(body: bytes, size: int = 1000) -> Iterator[bytes]:
@@ -199,7 +171,7 @@ def _post_chunked(base_url: str, body: bytes) -> httpx.Response:
         return client.send(request)
 
 
-def test_gunicorn_ingests_a_chunked_body(gunicorn_small_limit: Process) -> None:
+def test_gunicorn_ingests_a_chunked_body(gunicorn_small_limit: Service) -> None:
     _billed_account("chunked-alice")
     records = [litellm_record(end_user="chunked-alice") for _ in range(3)]
     response = _post_chunked(gunicorn_small_limit.base_url, to_body(records))
@@ -208,7 +180,7 @@ def test_gunicorn_ingests_a_chunked_body(gunicorn_small_limit: Process) -> None:
     assert ChargeReceipt.objects.filter(end_user="chunked-alice").count() == 3
 
 
-def test_gunicorn_refuses_a_chunked_body_over_the_limit(gunicorn_small_limit: Process) -> None:
+def test_gunicorn_refuses_a_chunked_body_over_the_limit(gunicorn_small_limit: Service) -> None:
     _billed_account("chunked-bob")
     records = [litellm_record(end_user="chunked-bob") for _ in range(200)]
     body = to_body(records)
@@ -219,22 +191,17 @@ def test_gunicorn_refuses_a_chunked_body_over_the_limit(gunicorn_small_limit: Pr
 
 
 @pytest.fixture
-def runserver(transactional_db: None, tmp_path: Path) -> Iterator[Process]:
+def runserver(transactional_db: None, tmp_path: Path) -> Iterator[RunningProcess]:
     """Django's development server: it passes chunked bodies through without terminating them."""
-    port = _free_port()
-    env = {**os.environ, "DATABASE_URL": _database_url(connection.settings_dict)}
+    port = free_port()
     argv = [sys.executable, "manage.py", "runserver", "--noreload", "--skip-checks", f"127.0.0.1:{port}"]
-    service = _start(
-        "runserver", argv, env=env, log_path=tmp_path / "runserver.log", base_url=f"http://127.0.0.1:{port}"
-    )
-    try:
-        _wait_ready(service, "/healthz", deadline_s=START_DEADLINE_S, ready=lambda r: r.status_code == 200)
-        yield service
-    finally:
-        _stop(service)
+    env = service_env(django_database_url())
+    server = RunningProcess.start("runserver", argv, port=port, log_path=tmp_path / "runserver.log", env=env)
+    with serving(server, "/healthz", deadline_s=START_DEADLINE_S):
+        yield server
 
 
-def test_a_server_that_does_not_terminate_chunked_input_answers_411(runserver: Process) -> None:
+def test_a_server_that_does_not_terminate_chunked_input_answers_411(runserver: RunningProcess) -> None:
     _billed_account("chunked-carol")
     response = _post_chunked(runserver.base_url, to_body([litellm_record(end_user="chunked-carol")]))
     assert response.status_code == 411 and response.json()["field"] == "Content-Length"

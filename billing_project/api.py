@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, extend_schema_serializer
 from rest_framework import exceptions, serializers
@@ -136,3 +137,10 @@ def error_responses(*codes: int, **descriptions: str) -> dict[int, OpenApiRespon
         code: OpenApiResponse(response=ErrorSerializer, description=descriptions.get(f"e{code}", _ERROR_MEANINGS[code]))
         for code in codes
     }
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404 for a URL no route matches: JSON under /api/ (clients parse it), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": f"no such endpoint: {request.path[:200]}", "field": "path"}, status=404)
+    return page_not_found(request, exception)

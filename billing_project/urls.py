@@ -37,3 +37,5 @@ urlpatterns = [
     path("metrics", internal_only(ExportToDjangoView), name="prometheus-django-metrics"),
     path("", include("invoices.urls")),
 ]
+
+handler404 = "billing_project.api.not_found"

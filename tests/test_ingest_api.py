@@ -261,3 +261,12 @@ def test_openapi_schema_is_valid_and_complete() -> None:
     out = StringIO()
     call_command("spectacular", "--validate", "--fail-on-warn", stdout=out)
     assert "internalBearerToken" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_an_unknown_api_path_answers_json(internal_client) -> None:
+    """Found by schemathesis: a run id with a newline matches no route, and the 404 was Django's HTML page."""
+    response = internal_client.post("/api/internal/billing/runs/a%0Ab/reconcile")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json()["field"] == "path"

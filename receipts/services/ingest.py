@@ -173,8 +173,9 @@ def _bill_records(*, batch: IngestBatch, raws: Sequence[bytes], started: float) 
 def commit_isolated(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
     """Commit facts as a batch; if the batch fails, one by one, so one bad fact costs only itself."""
     try:
-        with transaction.atomic():
-            return commit_usage_facts(facts=facts)
+        # commit_usage_facts() is atomic itself: inside the delivery's transaction that is the savepoint
+        # a failed batch rolls back to (a second atomic() here would only add a SAVEPOINT round trip).
+        return commit_usage_facts(facts=facts)
     except UNAVAILABLE:
         raise
     except Exception:
@@ -182,8 +183,7 @@ def commit_isolated(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
     outcomes = []
     for fact in facts:
         try:
-            with transaction.atomic():
-                outcomes.append(commit_usage_fact(fact=fact))
+            outcomes.append(commit_usage_fact(fact=fact))  # atomic itself (a savepoint)
         except UNAVAILABLE:
             raise
         except Exception as exc:

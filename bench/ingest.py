@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/ingest.py             # everything, ~3 minutes on 2 cores
     .venv/bin/python bench/ingest.py --quick     # shorter phases, a first look (~1 minute)
+    .venv/bin/python bench/ingest.py --profile-only   # only where one POST goes (in process)
 
 One command prints everything bench/README.md ("Ingest vs the ceiling") reports:
 
@@ -316,13 +317,13 @@ def _sql_label(sql: str) -> str:
         ("INSERT INTO receipts_ingestbatch", "delivery: INSERT IngestBatch (compressed body)"),
         ("UPDATE receipts_ingestbatch", "delivery: UPDATE IngestBatch (status, counts)"),
         ("INSERT INTO accounts_creditledgerentry", "ledger INSERT (incl. its row triggers)"),
-        ("UPDATE receipts_deferredusage", "close_open_deferrals UPDATE"),
+        ("UPDATE receipts_deferredusage", "close open deferrals (+ NOTIFY)"),
         ("pg_notify", "NOTIFY"),
         ("INSERT INTO receipts_deferredusage", "deferral INSERT"),
         ("SAVEPOINT", "savepoints"),
         ("RELEASE SAVEPOINT", "savepoints"),
         ("FROM receipts_chargereceipt", "existing receipts SELECT"),
-        ("accounts_", "payer lookup SELECTs"),
+        ("accounts_", "  of which SQL: payer lookup SELECTs"),
     ]
     for needle, label in rules:
         if needle in text:
@@ -330,8 +331,8 @@ def _sql_label(sql: str) -> str:
     return "other SQL: " + " ".join(text.split()[:3])
 
 
-def profile_one_post(templates: list[list[bytes]], *, batches: int) -> None:
-    """Stages of ingest_delivery() for a 512-record body, in process (no HTTP, DRF or gunicorn)."""
+def profile_one_post(templates: list[list[bytes]], *, size: int, batches: int) -> None:
+    """Stages of ingest_delivery() for a `size`-record body, in process (no HTTP, DRF or gunicorn)."""
     from django.db import connection
 
     from receipts.services import billing, ingest
@@ -362,7 +363,8 @@ def profile_one_post(templates: list[list[bytes]], *, batches: int) -> None:
         try:
             return execute(sql, params, many, context)
         finally:
-            add("SQL " + _sql_label(sql), time.perf_counter() - started)
+            label = _sql_label(sql)
+            add(label if label.startswith("  ") else "SQL " + label, time.perf_counter() - started)
 
     class TimedCompressor:
         def __init__(self, inner: Any) -> None:
@@ -390,20 +392,21 @@ def profile_one_post(templates: list[list[bytes]], *, batches: int) -> None:
     with (
         patched(ingest, "_COMPRESSOR", TimedCompressor),
         patched(ingest, "split_delivery", timer("split the body into records")),
-        patched(ingest, "judge_usage_record", timer("judge/decode 512 records (msgspec)")),
+        patched(ingest, "judge_usage_record", timer(f"judge/decode {size} record(s) (msgspec)")),
         patched(billing, "_payers", timer("payer resolution (resolve_payers)")),
-        patched(billing, "_insert_receipts", timer("receipt INSERT (unnest arrays, incl. Python values)")),
+        patched(billing, "_insert_receipts", timer("receipt INSERT (incl. encoding its JSON rows)")),
         patched(billing, "current_charge_rate", timer("charge rate lookup")),
+        patched(connection, "commit", timer("COMMIT (the delivery's transaction)")),
         connection.execute_wrapper(sql_timer),
     ):
         for i in range(batches + 1):
-            body = batch_body(templates, 512)
+            body = batch_body(templates, size)
             before = trigger_ms()
             current.clear()
             started = time.perf_counter()
             result = ingest.ingest_delivery(body=body, content_type="application/json", remote_addr="", headers={})
             total = (time.perf_counter() - started) * 1000
-            assert result.processed == 512, result.as_dict()
+            assert result.processed == size, result.as_dict()
             after = trigger_ms()
             if i == 0:
                 continue  # warm-up
@@ -418,17 +421,17 @@ def profile_one_post(templates: list[list[bytes]], *, batches: int) -> None:
             current["rest (Python: ORM, outcomes, metrics)"] = total - accounted
             for key, value in current.items():
                 stages.setdefault(key, []).append(value)
-    print(f"\nWhere one 512-record POST goes: ingest_delivery() in process, {batches} batches, ms")
+    print(f"\nWhere one {size}-record POST goes: ingest_delivery() in process, {batches} POSTs, ms")
     print(f"{'stage':<62} {'median':>7} {'min':>7}")
     order = sorted(stages, key=lambda k: (k == "total ingest_delivery()", k.startswith("rest")))
-    ledger_key = "SQL ledger INSERT (incl. its row triggers)"
+    parents = {"payer resolution (resolve_payers)": "payer", "SQL ledger INSERT (incl. its row triggers)": "trigger"}
     for key in order:
         if key.startswith("  "):
-            continue
+            continue  # printed under its parent
         values = stages[key]
         print(f"{key:<62} {statistics.median(values):>7.1f} {min(values):>7.1f}")
-        if key == ledger_key:
-            for sub in (k for k in stages if k.startswith("  ")):
+        if key in parents:
+            for sub in (k for k in stages if k.startswith("  ") and parents[key] in k):
                 print(f"{sub:<62} {statistics.median(stages[sub]):>7.1f} {min(stages[sub]):>7.1f}")
 
 
@@ -580,11 +583,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="5-second phases, fewer 512 batches and profile runs")
     parser.add_argument("--workers", type=int, default=3, help="gunicorn workers (WEB_CONCURRENCY), default 3")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker (WEB_THREADS), default 8")
+    parser.add_argument("--profile-only", action="store_true", help="only the in-process profile (no gunicorn)")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile and zstd levels")
     args = parser.parse_args(argv)
     seconds = 5.0 if args.quick else args.seconds
     batches_512 = 12 if args.quick else 40
-    shared_bench_dir()  # fail before building anything
+    if not args.profile_only:
+        shared_bench_dir()  # fail before building anything
 
     token = secrets.token_urlsafe(48)
     database_url, cleanup_db = fresh_database("bench_ingest")
@@ -629,6 +634,10 @@ def main(argv: list[str] | None = None) -> int:
         connection.close()
         print(f"bench: migrated and bound in {time.perf_counter() - started:.1f}s", flush=True)
 
+        if args.profile_only:
+            profile_one_post(templates, size=512, batches=15)
+            profile_one_post(templates, size=1, batches=200)
+            return 0
         ceiling, how = run_ceiling(conninfo, clients=CLIENTS, seconds=seconds)
 
         service = start_service(
@@ -673,6 +682,21 @@ def main(argv: list[str] | None = None) -> int:
                 "p99_512_4", "512 records/POST, 4 senders", 512, CLIENTS, min_batches=batches_512, secs=0
             ),
         }
+
+        # The floor of one request through gunicorn + Django + one SQL statement: what any one-record POST pays.
+        def send_health(client: Any, _size: int) -> None:
+            response = client.get("/healthz")
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}")
+
+        floor = run_phase(
+            Phase("GET /healthz", 1, CLIENTS), send_health, open_client, seconds=seconds / 2, min_batches=CLIENTS
+        )
+        print(
+            f"bench: GET /healthz (gunicorn + Django + SELECT 1), 4 clients: {floor.rate:,.0f} requests/s, "
+            f"p50 {percentile(floor.latencies_ms, 50):.1f} ms: the HTTP floor of a one-record POST",
+            flush=True,
+        )
         service.stop()
         service = None
         for p in phases.values():
@@ -688,7 +712,8 @@ def main(argv: list[str] | None = None) -> int:
         if RETRIES[0]:
             print(f"({RETRIES[0]} POSTs sent again after gunicorn closed a keep-alive socket under them)")
         if not args.no_profile:
-            profile_one_post(templates, batches=5 if args.quick else 15)
+            profile_one_post(templates, size=512, batches=5 if args.quick else 15)
+            profile_one_post(templates, size=1, batches=50 if args.quick else 200)
             compare_zstd(templates)
         connection.close()
         return 0 if ok and not errors else 1

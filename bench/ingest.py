@@ -266,13 +266,16 @@ def service_send(templates: list[list[bytes]]) -> Callable[[Any, int], None]:
 
     def send(client: Any, size: int) -> None:
         body = batch_body(templates, size)  # a bytes join: well under a millisecond for 512 records
-        try:
-            response = client.post("/api/internal/billing/ingest", content=body)
-        except httpx.RemoteProtocolError:
-            # gunicorn's gthread worker may close an idle keep-alive socket just as a request is sent on it
-            # (nothing was read); the records are idempotent, so send again once, as a sender would.
-            RETRIES[0] += 1
-            response = client.post("/api/internal/billing/ingest", content=body)
+        for attempt in range(3):
+            try:
+                response = client.post("/api/internal/billing/ingest", content=body)
+                break
+            except httpx.RemoteProtocolError:
+                # gunicorn's gthread worker may close a keep-alive socket just as a request is sent on it
+                # (nothing was read); the records are idempotent, so send again, as a sender would.
+                if attempt == 2:
+                    raise
+                RETRIES[0] += 1
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
         processed = response.json()["processed"]
@@ -339,6 +342,7 @@ def profile_one_post(templates: list[list[bytes]], *, size: int, batches: int) -
 
     stages: dict[str, list[float]] = {}
     current: dict[str, float] = {}
+    wal: list[float] = []
 
     def add(label: str, seconds: float) -> None:
         current[label] = current.get(label, 0.0) + seconds * 1000
@@ -357,7 +361,7 @@ def profile_one_post(templates: list[list[bytes]], *, size: int, batches: int) -
         return wrap
 
     def sql_timer(execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if "pg_stat_" in sql:  # the profile's own trigger-timing queries
+        if "pg_stat_" in sql or "pg_current_wal" in sql:  # the profile's own measuring queries
             return execute(sql, params, many, context)
         started = time.perf_counter()
         try:
@@ -387,7 +391,10 @@ def profile_one_post(templates: list[list[bytes]], *, size: int, batches: int) -
         with connection.cursor() as cursor:  # a new transaction: the flushed figures
             cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute("SELECT funcname, self_time FROM pg_stat_user_functions")
-            return dict(cursor.fetchall())
+            found = dict(cursor.fetchall())
+            cursor.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+            found["wal"] = float(cursor.fetchone()[0])
+            return found
 
     with (
         patched(ingest, "_COMPRESSOR", TimedCompressor),
@@ -416,6 +423,7 @@ def profile_one_post(templates: list[list[bytes]], *, size: int, batches: int) -
             ):
                 if name in after:
                     current[label] = after[name] - before.get(name, 0.0)
+            wal.append(after["wal"] - before["wal"])
             current["total ingest_delivery()"] = total
             accounted = sum(v for k, v in current.items() if not k.startswith("  ") and k != "total ingest_delivery()")
             current["rest (Python: ORM, outcomes, metrics)"] = total - accounted
@@ -433,6 +441,8 @@ def profile_one_post(templates: list[list[bytes]], *, size: int, batches: int) -
         if key in parents:
             for sub in (k for k in stages if k.startswith("  ") and parents[key] in k):
                 print(f"{sub:<62} {statistics.median(stages[sub]):>7.1f} {min(stages[sub]):>7.1f}")
+    per_post = statistics.median(wal)
+    print(f"WAL written per POST: {per_post / 1024:,.0f} KB ({per_post / size:,.0f} B per record)")
 
 
 def compare_zstd(templates: list[list[bytes]]) -> None:

@@ -270,9 +270,10 @@ def service_send(templates: list[list[bytes]]) -> Callable[[Any, int], None]:
             try:
                 response = client.post("/api/internal/billing/ingest", content=body)
                 break
-            except httpx.RemoteProtocolError:
-                # gunicorn's gthread worker may close a keep-alive socket just as a request is sent on it
-                # (nothing was read); the records are idempotent, so send again, as a sender would.
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                # gunicorn's gthread worker drops a keep-alive socket whose request its (GIL-starved) poller did
+                # not pick up within `keepalive` (2 s by default); the records are idempotent, so send again,
+                # as a sender would (a POST that had been processed then reports duplicates: a failed POST).
                 if attempt == 2:
                     raise
                 RETRIES[0] += 1
@@ -597,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile and zstd levels")
     args = parser.parse_args(argv)
     seconds = 5.0 if args.quick else args.seconds
-    batches_512 = 12 if args.quick else 40
+    batches_512 = 16 if args.quick else 100
     if not args.profile_only:
         shared_bench_dir()  # fail before building anything
 

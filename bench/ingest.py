@@ -273,9 +273,9 @@ def service_send(templates: list[list[bytes]]) -> Callable[[Any, int], None]:
                 response = client.post("/api/internal/billing/ingest", content=body)
                 break
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-                # gunicorn's gthread worker drops a keep-alive socket whose request its (GIL-starved) poller did
-                # not pick up within `keepalive` (2 s by default); the records are idempotent, so send again,
-                # as a sender would (a POST that had been processed then reports duplicates: a failed POST).
+                # The connection died under the request (a gunicorn worker that crashed: the shared zstd
+                # compressor did that before it became per-thread). The records are idempotent, so send
+                # again, as a sender would (a POST that had been processed then reports duplicates: a failure).
                 if attempt == 2:
                     raise
                 RETRIES[0] += 1
@@ -726,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         if errors:
             print(f"\n{len(errors)} failed POSTs, first: {errors[0]}")
         if RETRIES[0]:
-            print(f"({RETRIES[0]} POSTs sent again after gunicorn closed a keep-alive socket under them)")
+            print(f"({RETRIES[0]} POSTs sent again after their connection died; see gunicorn's log, --keep-logs)")
         if not args.no_profile:
             profile_one_post(templates, size=512, batches=5 if args.quick else 15)
             profile_one_post(templates, size=1, batches=50 if args.quick else 200)

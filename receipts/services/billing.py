@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import psycopg
 from django.db import connection, transaction
 from django.utils import timezone
@@ -43,30 +44,44 @@ class CommitOutcome:
 
 # Columns of a receipt INSERT, in model order (the primary key comes from the sequence).
 _RECEIPT_FIELDS = [f for f in ChargeReceipt._meta.concrete_fields if not f.primary_key]
+_LEDGER_FIELDS = [f for f in CreditLedgerEntry._meta.concrete_fields if not f.primary_key]
+# One JSON document per statement, encoded in C: psycopg dumps a list parameter element by element in Python,
+# which cost more than the INSERT itself (bench/README.md, "Ingest vs the ceiling"). Decimal as its exact digits.
+_ENCODER = msgspec.json.Encoder(decimal_format="string")
 
 
-def _array_type(field: Any) -> str:
+def _record_type(field: Any) -> str:
     # Text, not varchar(n): an explicit cast to varchar(n) silently truncates, an assignment refuses.
-    if field.get_internal_type() == "CharField":
-        return "text[]"
-    if field.get_internal_type() == "JSONField":
-        return "jsonb[]"
-    return f"{field.db_type(connection)}[]"
+    # JSON columns travel as their JSON text and are cast in the select list.
+    if field.get_internal_type() in ("CharField", "JSONField"):
+        return "text"
+    return field.db_type(connection)
 
 
-def _receipt_insert_sql() -> str:
-    """One array parameter per column, unnested: far cheaper than a parameter per value (bench/README.md).
-
-    WITH ORDINALITY keeps the rows in source_reference order.
-    """
-    names = ", ".join(f.column for f in _RECEIPT_FIELDS)
-    arrays = ", ".join(f"%s::{_array_type(f)}" for f in _RECEIPT_FIELDS)
-    return (
-        f"INSERT INTO {ChargeReceipt._meta.db_table} ({names}) "
-        f"SELECT {', '.join('u.' + f.column for f in _RECEIPT_FIELDS)} "
-        f"FROM unnest({arrays}) WITH ORDINALITY AS u({names}, ord) ORDER BY ord "
-        "ON CONFLICT (source_system, source_reference) DO NOTHING RETURNING id, source_reference"
+def _json_insert_sql(model: Any, fields: list[Any], tail: str) -> str:
+    """INSERT … SELECT from one JSON array of row objects, rows kept in array order (WITH ORDINALITY)."""
+    names = ", ".join(f.column for f in fields)
+    record = ", ".join(f"{f.column} {_record_type(f)}" for f in fields)
+    select = ", ".join(
+        f"u.{f.column}::jsonb" if f.get_internal_type() == "JSONField" else f"u.{f.column}" for f in fields
     )
+    return (
+        f"INSERT INTO {model._meta.db_table} ({names}) SELECT {select} "
+        f"FROM ROWS FROM (json_to_recordset(%s::json) AS ({record})) WITH ORDINALITY AS u({names}, ord) "
+        f"ORDER BY ord {tail}"
+    )
+
+
+def _rows_json(fields: list[Any], rows: Sequence[dict[str, Any]]) -> str:
+    return _ENCODER.encode([{f.column: row[f.name] for f in fields} for row in rows]).decode()
+
+
+_RECEIPT_INSERT_SQL = _json_insert_sql(
+    ChargeReceipt,
+    _RECEIPT_FIELDS,
+    "ON CONFLICT (source_system, source_reference) DO NOTHING RETURNING id, source_reference",
+)
+_LEDGER_INSERT_SQL = _json_insert_sql(CreditLedgerEntry, _LEDGER_FIELDS, "")
 
 
 def _receipt_row(
@@ -114,16 +129,39 @@ def _receipt_row(
 def _insert_receipts(rows: list[dict[str, Any]]) -> dict[str, int]:
     """INSERT … ON CONFLICT DO NOTHING; returns {source_reference: receipt id} of new receipts."""
     inserted: dict[str, int] = {}
-    sql = _receipt_insert_sql()
     connection.ensure_connection()
-    # A server-binding cursor on Django's connection (same transaction): the parameters travel apart
+    # A server-binding cursor on Django's connection (same transaction): the JSON travels apart
     # from the SQL instead of being quoted into it; wrap_database_errors gives Django's exceptions.
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         for start in range(0, len(rows), _CHUNK):
-            chunk = rows[start : start + _CHUNK]
-            cursor.execute(sql, [[row[f.name] for row in chunk] for f in _RECEIPT_FIELDS])
+            cursor.execute(_RECEIPT_INSERT_SQL, [_rows_json(_RECEIPT_FIELDS, rows[start : start + _CHUNK])])
             inserted.update({ref: pk for pk, ref in cursor.fetchall()})
     return inserted
+
+
+def _insert_usage_debits(entries: list[tuple[int, int, int]], *, now: datetime) -> None:
+    """Append usage debits (account, credits, receipt), in the given order, as one statement per chunk.
+
+    The ledger's triggers do the rest per row, as for any INSERT: check the receipt, move the balance,
+    set balance_after and the id under the account lock, summarise. Every other column gets its model default.
+    """
+    if not entries:
+        return
+    defaults = {f.name: f.get_default() for f in _LEDGER_FIELDS}
+    rows = [
+        {
+            **defaults,
+            "account": account,
+            "amount_credits": -credits,
+            "reason": CreditLedgerEntry.Reason.USAGE.value,
+            "receipt": receipt,
+            "created_at": now,
+        }
+        for account, credits, receipt in entries
+    ]
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), _CHUNK):
+            cursor.execute(_LEDGER_INSERT_SQL, [_rows_json(_LEDGER_FIELDS, rows[start : start + _CHUNK])])
 
 
 def _existing_receipts(references: Iterable[str]) -> dict[str, int]:
@@ -191,18 +229,12 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
         [_receipt_row(f, payer=payer, rate=rate, charged=charged[f.source_reference], now=now) for f, payer in ordered]
     )
     new = [(f, payer.account_id) for f, payer in ordered if f.source_reference in inserted]
-    CreditLedgerEntry.objects.bulk_create(
+    _insert_usage_debits(
         [
-            CreditLedgerEntry(
-                account_id=account,
-                amount_credits=-charged[f.source_reference],
-                reason=CreditLedgerEntry.Reason.USAGE,
-                receipt_id=inserted[f.source_reference],
-                created_at=now,
-            )
+            (account, charged[f.source_reference], inserted[f.source_reference])
             for f, account in sorted(new, key=lambda pair: (pair[1], inserted[pair[0].source_reference]))
         ],
-        batch_size=_CHUNK,
+        now=now,
     )
     # HOLDS_NEVER_OVERSPEND: each new receipt settles its call's hold in this same transaction (the charge
     # above has landed in full whatever the hold was: POST_CALL_NEVER_BLOCKS).
@@ -211,13 +243,8 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
         receipt_by_call.setdefault(f.litellm_call_id, inserted[f.source_reference])
     settle_holds(litellm_call_ids=list(receipt_by_call), receipts_by_call_id=receipt_by_call, now=now)
     known = {**_existing_receipts(set(first_by_ref) - set(inserted)), **inserted}
-    close_open_deferrals(references=list(known))
-    if inserted:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_notify(%s, call_id) FROM unnest(%s::text[]) AS call_id",
-                [RECEIPT_CHANNEL, sorted({f.litellm_call_id for f, _ in new})],
-            )
+    # One round trip for both: the deferrals these receipts settle, and the NOTIFY of the new ones.
+    _close_open_deferrals(references=list(known), notify=sorted({f.litellm_call_id for f, _ in new}))
     if unknown_payer:
         defer_usage(
             items=[
@@ -265,19 +292,37 @@ def _count_outcomes(outcomes: Sequence[CommitOutcome], suspects: int, ended: Seq
 
 def close_open_deferrals(*, references: list[str]) -> None:
     """A deferred record that is now billed (late callback, backfill) stops waiting."""
-    if not references:
+    _close_open_deferrals(references=references, notify=[])
+
+
+_CLOSE_OPEN_DEFERRALS_SQL = f"""
+    UPDATE {DeferredUsage._meta.db_table} AS d
+       SET status = %s, receipt_id = r.id, updated_at = now(), next_attempt_at = NULL
+      FROM {ChargeReceipt._meta.db_table} AS r
+     WHERE d.status = ANY(%s)
+       AND d.source_system = %s
+       AND d.source_reference = ANY(%s)
+       AND r.source_system = d.source_system
+       AND r.source_reference = d.source_reference
+"""
+
+
+def _close_open_deferrals(*, references: list[str], notify: list[str]) -> None:
+    """close_open_deferrals(), and NOTIFY RECEIPT_CHANNEL of each call id in `notify`, in one statement."""
+    if not references and not notify:
         return
+    close = [DeferredUsage.Status.BILLED, list(DeferredUsage.OPEN_STATUSES), SOURCE_SYSTEM, references]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            UPDATE {DeferredUsage._meta.db_table} AS d
-               SET status = %s, receipt_id = r.id, updated_at = now(), next_attempt_at = NULL
-              FROM {ChargeReceipt._meta.db_table} AS r
-             WHERE d.status = ANY(%s)
-               AND d.source_system = %s
-               AND d.source_reference = ANY(%s)
-               AND r.source_system = d.source_system
-               AND r.source_reference = d.source_reference
-            """,
-            [DeferredUsage.Status.BILLED, list(DeferredUsage.OPEN_STATUSES), SOURCE_SYSTEM, references],
-        )
+        if not notify:
+            cursor.execute(_CLOSE_OPEN_DEFERRALS_SQL, close)
+        elif not references:
+            cursor.execute(
+                "SELECT pg_notify(%s, call_id) FROM unnest(%s::text[]) AS call_id", [RECEIPT_CHANNEL, notify]
+            )
+        else:
+            # A data-modifying CTE runs to completion whether or not the outer query reads it.
+            cursor.execute(
+                f"WITH closed AS ({_CLOSE_OPEN_DEFERRALS_SQL}) "
+                "SELECT pg_notify(%s, call_id) FROM unnest(%s::text[]) AS call_id",
+                [*close, RECEIPT_CHANNEL, notify],
+            )

@@ -9,6 +9,7 @@ record alone. Only a database that is truly unavailable fails the delivery.
 """
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -29,8 +30,12 @@ from receipts.usage import NotBillable, UsageFact, judge_usage_record
 
 logger = logging.getLogger(__name__)
 
-# Level 3: ~14× smaller LiteLLM bodies at a few ms per MB (bench/README.md).
+# Level 3: ~14× smaller LiteLLM bodies at ~0.5 ms per MB (bench/README.md, "zstd levels for the delivery body").
 _ZSTD_LEVEL = 3
+# One compressor per thread: a ZstdCompressor must not be used by two threads at once (python-zstandard's
+# thread-safety rule), and gunicorn's gthread workers run requests in threads; sharing one crashed workers
+# with SIGSEGV under concurrent POSTs.
+_compressors = threading.local()
 # Connection-level failures: the database is unavailable, not the record at fault.
 UNAVAILABLE = (OperationalError, InterfaceError)
 
@@ -64,11 +69,17 @@ def ingest_delivery(*, body: bytes, content_type: str, remote_addr: str, headers
         remote_addr=remote_addr[:64],
         content_type=content_type[:255],
         body_bytes=len(body),
-        # A compressor per delivery: zstandard's objects must not be shared between gthread threads.
-        body=zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(body),
+        body=_compress(body),
         headers=headers,
     )
     return _process(batch=batch, body=body, started=started)
+
+
+def _compress(body: bytes) -> bytes:
+    compressor = getattr(_compressors, "zstd", None)
+    if compressor is None:
+        compressor = _compressors.zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    return compressor.compress(body)
 
 
 def ingest_usage_records(*, records: Sequence[Any]) -> IngestResult:
@@ -174,8 +185,9 @@ def _bill_records(*, batch: IngestBatch, raws: Sequence[bytes], started: float) 
 def commit_isolated(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
     """Commit facts as a batch; if the batch fails, one by one, so one bad fact costs only itself."""
     try:
-        with transaction.atomic():
-            return commit_usage_facts(facts=facts)
+        # commit_usage_facts() is atomic itself: inside the delivery's transaction that is the savepoint
+        # a failed batch rolls back to (a second atomic() here would only add a SAVEPOINT round trip).
+        return commit_usage_facts(facts=facts)
     except UNAVAILABLE:
         raise
     except Exception:
@@ -183,8 +195,7 @@ def commit_isolated(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
     outcomes = []
     for fact in facts:
         try:
-            with transaction.atomic():
-                outcomes.append(commit_usage_fact(fact=fact))
+            outcomes.append(commit_usage_fact(fact=fact))  # atomic itself (a savepoint)
         except UNAVAILABLE:
             raise
         except Exception as exc:

@@ -29,8 +29,8 @@ What it does (bench/README.md, "Authorize and the plugin (issue 11)", has the fi
    plugin's estimate (estimate_request) alone in LiteLLM's interpreter.
 5. Where the time goes: --profile-requests authorizes in this process through Django's test client (the
    whole middleware + DRF stack, no HTTP), with connection.execute_wrapper timing every SQL statement by
-   kind, the COMMIT timed around the connection's _commit, and authorize_call() timed around the view's
-   call of it. Prints the mean per request of each part.
+   kind, the COMMIT timed around the connection's _commit, Django's per-request health check (SELECT 1)
+   around is_usable, and authorize_call() timed around the view's call of it. Prints the mean per request of each part.
 
 It is a benchmark, not a test: it asserts nothing about speed. Exit status 0 unless a request failed
 (a status other than 200, or no answer).
@@ -619,7 +619,7 @@ def profile(
     requests: int, token: str, keys: list[str], *, cprofile: bool = False
 ) -> tuple[dict[str, float], dict[str, float], float]:
     """(mean ms per request by part, mean statements per request by kind, mean total ms), in process."""
-    from django.db import connections
+    from django.db import close_old_connections, connections
     from django.test import Client
 
     import accounts.hold_views as hold_views
@@ -649,6 +649,16 @@ def profile(
         finally:
             commit_ms[0] += (time.perf_counter() - started) * 1000
 
+    original_is_usable = conn.is_usable
+    health_ms = [0.0]
+
+    def timed_is_usable() -> bool:
+        started = time.perf_counter()
+        try:
+            return original_is_usable()
+        finally:
+            health_ms[0] += (time.perf_counter() - started) * 1000
+
     def timed_authorize(**kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
@@ -669,6 +679,7 @@ def profile(
     for i in range(50):  # warm-up: imports, the connection, the statement caches
         post(-1 - i)
     conn._commit = timed_commit
+    conn.is_usable = timed_is_usable
     hold_views.authorize_call = timed_authorize
     total = 0.0
     profiler = cProfile.Profile() if cprofile else None
@@ -678,6 +689,8 @@ def profile(
         with conn.execute_wrapper(timed_sql):
             for i in range(requests):
                 started = time.perf_counter()
+                # What request_started does under gunicorn (the test client skips it): arms the health check.
+                close_old_connections()
                 response = post(i)
                 total += (time.perf_counter() - started) * 1000
                 if response.status_code != 200:
@@ -686,6 +699,7 @@ def profile(
         if profiler is not None:
             profiler.disable()
         conn._commit = original_commit
+        conn.is_usable = original_is_usable
         hold_views.authorize_call = original_authorize
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
@@ -694,7 +708,9 @@ def profile(
     sql_total = sum(sql_ms.values())
     parts = {f"SQL: {kind}": ms / n for kind, ms in sorted(sql_ms.items(), key=lambda kv: -kv[1])}
     parts["COMMIT"] = commit_ms[0] / n
-    parts["service Python (ORM, metrics, decisions)"] = (service_ms[0] - sql_total - commit_ms[0]) / n
+    # Django's CONN_HEALTH_CHECKS: a SELECT 1 on the first query of each request, inside authorize_call here.
+    parts["SELECT 1 (CONN_HEALTH_CHECKS, once per request)"] = health_ms[0] / n
+    parts["service Python (ORM, metrics, decisions)"] = (service_ms[0] - sql_total - commit_ms[0] - health_ms[0]) / n
     parts["view + middleware (auth, parse, validate, render)"] = (total - service_ms[0]) / n
     return parts, {k: v / n for k, v in sql_count.items()}, total / n
 

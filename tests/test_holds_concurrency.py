@@ -72,3 +72,41 @@ def test_fifty_concurrent_authorizations_never_hold_more_than_the_balance() -> N
     held = CreditHold.objects.filter(account=binding.account, status="held").aggregate(s=Sum("held_credits"))["s"]
     assert CreditHold.objects.count() == FITS
     assert held == FITS * per_call == binding.account.balance_credits
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("room_for", [1, 100])
+def test_one_call_authorized_twenty_times_at_once_holds_once(room_for: int) -> None:
+    """A retry racing its original (the plugin's timeout, a proxy retry) gets the original's hold, never a second."""
+    binding = ApiKeyBindingFactory()
+    per_call = usd_to_credits(ESTIMATE)
+    grant_credits(account=binding.account, amount_credits=room_for * per_call, reason="grant", idempotency_key="room")
+    call_id = str(uuid.uuid4())
+    racers = 20
+    barrier = threading.Barrier(racers)
+    holds: list[int | None] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        try:
+            barrier.wait(timeout=60)
+            decision = authorize_call(litellm_call_id=call_id, estimated_cost_usd=ESTIMATE, key_hash=binding.key_hash)
+            with lock:
+                holds.append(decision.hold.pk if decision.allowed and decision.hold else None)
+        except Exception as exc:  # noqa: BLE001 - reported below, never swallowed
+            with lock:
+                errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    (hold,) = CreditHold.objects.filter(litellm_call_id=call_id)
+    assert holds == [hold.pk] * racers  # every caller was allowed, all with the one hold
+    assert hold.held_credits == per_call

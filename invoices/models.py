@@ -3,7 +3,21 @@ from django.db import models
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
 
 
-class LedgerDailySummary(models.Model):
+class LedgerSums(models.Model):
+    """The sums a summary row keeps of the ledger entries in its bucket (one definition for both summaries)."""
+
+    entries = models.BigIntegerField(default=0)
+    amount_credits = models.BigIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=COST_MAX_DIGITS + 6, decimal_places=COST_DECIMAL_PLACES, default=0)
+
+    class Meta:
+        abstract = True
+
+
+class LedgerDailySummary(LedgerSums):
     """Per account, UTC day, reason and model group: the sums of the ledger.
 
     Written only by the database trigger that fires on every ledger INSERT
@@ -17,14 +31,8 @@ class LedgerDailySummary(models.Model):
     reason = models.CharField(max_length=16)
     # The receipt's model group for usage entries, "" for everything else.
     model_group = models.CharField(max_length=255, blank=True, default="")
-    entries = models.BigIntegerField(default=0)
-    amount_credits = models.BigIntegerField(default=0)
-    prompt_tokens = models.BigIntegerField(default=0)
-    completion_tokens = models.BigIntegerField(default=0)
-    total_tokens = models.BigIntegerField(default=0)
-    cost_usd = models.DecimalField(max_digits=COST_MAX_DIGITS + 6, decimal_places=COST_DECIMAL_PLACES, default=0)
 
-    class Meta:
+    class Meta(LedgerSums.Meta):
         verbose_name_plural = "ledger daily summaries"
         constraints = [
             models.UniqueConstraint(
@@ -37,7 +45,7 @@ class LedgerDailySummary(models.Model):
         return f"{self.account_id} {self.day} {self.reason} {self.model_group}: {self.amount_credits}"
 
 
-class LedgerPayerSummary(models.Model):
+class LedgerPayerSummary(LedgerSums):
     """Per account, UTC day, API key and end user: the sums of the usage debits.
 
     Who inside an account spent the credits (the invoice's breakdown by API key
@@ -53,14 +61,8 @@ class LedgerPayerSummary(models.Model):
     end_user = models.CharField(max_length=255, blank=True, default="")
     # The greatest key alias seen for the bucket (a label, not part of the key: one hash, one line).
     api_key_alias = models.CharField(max_length=255, blank=True, default="")
-    entries = models.BigIntegerField(default=0)
-    amount_credits = models.BigIntegerField(default=0)
-    prompt_tokens = models.BigIntegerField(default=0)
-    completion_tokens = models.BigIntegerField(default=0)
-    total_tokens = models.BigIntegerField(default=0)
-    cost_usd = models.DecimalField(max_digits=COST_MAX_DIGITS + 6, decimal_places=COST_DECIMAL_PLACES, default=0)
 
-    class Meta:
+    class Meta(LedgerSums.Meta):
         verbose_name_plural = "ledger payer summaries"
         constraints = [
             models.UniqueConstraint(

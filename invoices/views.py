@@ -42,6 +42,17 @@ from invoices.selectors import (
 USD_FIELD: dict[str, Any] = {"max_digits": 40, "decimal_places": 6}
 
 
+class _UsageSumsSerializer(serializers.Serializer):
+    """The usage sums every invoice line carries (one definition for all its breakdowns)."""
+
+    calls = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+    credits = serializers.IntegerField()
+    usd = serializers.DecimalField(**USD_FIELD)
+
+
 def _invoice_url(period: Period, account: BillingAccount, *, many_accounts: bool, **extra: str) -> str:
     url = reverse("invoice", kwargs={"period": period.label})
     query = {**({"account": str(account.public_id)} if many_accounts else {}), **extra}
@@ -133,14 +144,8 @@ class InvoiceApi(APIView):
             usd = serializers.DecimalField(**USD_FIELD)
 
         @extend_schema_serializer(component_name="InvoiceModelGroupLine")
-        class ModelGroupSerializer(serializers.Serializer):
+        class ModelGroupSerializer(_UsageSumsSerializer):
             model_group = serializers.CharField()
-            calls = serializers.IntegerField()
-            prompt_tokens = serializers.IntegerField()
-            completion_tokens = serializers.IntegerField()
-            total_tokens = serializers.IntegerField()
-            credits = serializers.IntegerField()
-            usd = serializers.DecimalField(**USD_FIELD)
 
         @extend_schema_serializer(component_name="InvoiceDayLine")
         class DaySerializer(serializers.Serializer):
@@ -155,40 +160,23 @@ class InvoiceApi(APIView):
             closing_balance_credits = serializers.IntegerField()
 
         @extend_schema_serializer(component_name="InvoiceUsageTotals")
-        class TotalsSerializer(serializers.Serializer):
-            calls = serializers.IntegerField()
-            prompt_tokens = serializers.IntegerField()
-            completion_tokens = serializers.IntegerField()
-            total_tokens = serializers.IntegerField()
-            credits = serializers.IntegerField()
-            usd = serializers.DecimalField(**USD_FIELD)
+        class TotalsSerializer(_UsageSumsSerializer):
+            """The period's usage, summed."""
 
         @extend_schema_serializer(component_name="InvoiceApiKeyLine")
-        class ApiKeyLineSerializer(serializers.Serializer):
+        class ApiKeyLineSerializer(_UsageSumsSerializer):
             api_key_hash = serializers.CharField(source="key", allow_null=True, help_text="null on the others line")
             api_key_alias = serializers.CharField(source="alias")
             label = serializers.CharField(help_text="the alias if known, else the hash shortened")
             is_others = serializers.BooleanField()
             others_count = serializers.IntegerField(help_text="keys folded into the others line (0 otherwise)")
-            calls = serializers.IntegerField()
-            prompt_tokens = serializers.IntegerField()
-            completion_tokens = serializers.IntegerField()
-            total_tokens = serializers.IntegerField()
-            credits = serializers.IntegerField()
-            usd = serializers.DecimalField(**USD_FIELD)
 
         @extend_schema_serializer(component_name="InvoiceEndUserLine")
-        class EndUserLineSerializer(serializers.Serializer):
+        class EndUserLineSerializer(_UsageSumsSerializer):
             end_user = serializers.CharField(source="key", allow_null=True, help_text="null on the others line")
             label = serializers.CharField()
             is_others = serializers.BooleanField()
             others_count = serializers.IntegerField(help_text="end users folded into the others line (0 otherwise)")
-            calls = serializers.IntegerField()
-            prompt_tokens = serializers.IntegerField()
-            completion_tokens = serializers.IntegerField()
-            total_tokens = serializers.IntegerField()
-            credits = serializers.IntegerField()
-            usd = serializers.DecimalField(**USD_FIELD)
 
         account = serializers.UUIDField(source="account.public_id")
         account_name = serializers.CharField(source="account.name")

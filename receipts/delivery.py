@@ -28,21 +28,26 @@ def split_delivery(body: bytes) -> list[bytes]:
     text = body.removeprefix(b"\xef\xbb\xbf").strip()
     if not text:
         raise BodyError("body is empty; send a JSON array of LiteLLM records, NDJSON, or one record")
-    lines = [line.strip() for line in text.splitlines()]
-    lines = [line for line in lines if line]
     if text[:1] == b"[":
         try:
             records = _split_array(text)
         except BodyError:
+            lines = _lines(text)
             if len(lines) > 1:
                 return lines  # NDJSON whose first record is an array (kept as invalid, alone)
             raise
         if not records:
             raise BodyError("empty batch: the JSON array has no records")
         return records
+    lines = _lines(text)
     if len(lines) > 1 and not _one_value(text):
         return lines  # NDJSON: each line a record, judged alone
     return [_single(text)]
+
+
+def _lines(text: bytes) -> list[bytes]:
+    """The non-blank lines of an NDJSON body."""
+    return [line for line in (raw.strip() for raw in text.splitlines()) if line]
 
 
 def _single(text: bytes) -> bytes:

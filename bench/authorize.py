@@ -40,7 +40,6 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import hashlib
 import json
 import logging
 import math
@@ -65,6 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import fresh_database  # noqa: E402
+from tests.litellm_proxy import key_hash  # noqa: E402
 
 AUTHORIZE_PATH = "/api/internal/billing/authorize"
 ESTIMATE_USD = "0.000150"  # about what the plugin estimates for a short gpt-4o-mini call
@@ -72,32 +72,12 @@ GRANT_CREDITS = 10**12  # no request of the run is ever refused for want of cred
 TARGET_P99_MS = 10.0  # authorize p99 at 200 req/s
 TARGET_PLUGIN_P50_MS = 5.0  # added by the plugin at p50
 
-CUSTOM_AUTH = """
-import os
-import pstats
-
-from litellm.proxy._types import UserAPIKeyAuth
-
-KEY = os.environ["BENCH_PLUGIN_KEY"]
-
-
-async def user_api_key_auth(request, api_key: str) -> UserAPIKeyAuth:
-    if api_key != KEY:
-        raise Exception("unknown key")
-    return UserAPIKeyAuth(api_key=api_key)
-"""
-
 
 def percentile(data: list[float], p: float) -> float:
     data = sorted(data)
     if not data:
         return float("nan")
     return data[min(len(data) - 1, max(0, math.ceil(p / 100 * len(data)) - 1))]  # nearest rank
-
-
-def key_hash(key: str) -> str:
-    """What LiteLLM logs as user_api_key_hash for an sk- key."""
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def main() -> int:
@@ -476,7 +456,6 @@ def proxy_config(*, callbacks: list[str]) -> dict[str, Any]:
         ],
         "litellm_settings": {"callbacks": callbacks, "num_retries": 0},
         "router_settings": {"num_retries": 0},
-        "general_settings": {"custom_auth": "custom_auth.user_api_key_auth"},
     }
 
 
@@ -542,6 +521,10 @@ def measure_plugin(args: argparse.Namespace, service_url: str, token: str, plugi
     env["BENCH_TIMED_LOG"] = str(timed_log)
     result = PluginResult(ms={name: [] for name in PROXIES})
     rng = random.Random(11)
+    for name in PROXIES:  # the proxies load these callbacks from their working directory
+        (workdir / name.replace(" ", "-")).mkdir(parents=True)
+        (workdir / name.replace(" ", "-") / "noop_callback.py").write_text(NOOP_CALLBACK)
+        (workdir / name.replace(" ", "-") / "timed_plugin.py").write_text(TIMED_CALLBACK)
     with ExitStack() as stack:
         print(f"plugin: starting {len(PROXIES)} LiteLLM proxies ({' / '.join(PROXIES)})", flush=True)
         proxies = {
@@ -550,11 +533,7 @@ def measure_plugin(args: argparse.Namespace, service_url: str, token: str, plugi
                     proxy_config(callbacks=callbacks[name]),
                     workdir=workdir / name.replace(" ", "-"),
                     env=env,
-                    files={
-                        "custom_auth.py": CUSTOM_AUTH,
-                        "noop_callback.py": NOOP_CALLBACK,
-                        "timed_plugin.py": TIMED_CALLBACK,
-                    },
+                    teams={plugin_key: "bench-team"},  # custom_auth: the key is authenticated without a database
                 )
             )
             for name in PROXIES

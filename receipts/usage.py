@@ -341,19 +341,23 @@ def _zero_cost_suspect(record: _Record, cost: Decimal, total_tokens: int) -> boo
 
 
 def _cost_breakdown(value: dict[str, Raw] | None) -> dict[str, Any] | None:
-    """LiteLLM's cost breakdown for audit: bounded numbers kept exact, short strings, nothing else."""
+    """LiteLLM's cost breakdown for audit: its non-zero amounts, exact, and its true flags.
+
+    Zeros, nulls and false are left out (absent reads as none): LiteLLM sends a dozen of them with every
+    call (discounts, margins, tool costs), and they were a third of each receipt's bytes (bench/README.md).
+    """
     if not value:
         return None
     kept: dict[str, Any] = {}
     for key, raw in list(value.items())[:32]:
         if len(key) > 64 or "\x00" in key:
             continue
-        text = bytes(raw)
+        text = bytes(raw).strip()
         number = bounded_number(text)
-        if number is not None and fits_cost_column(abs(number)):
+        if number is not None and number != 0 and fits_cost_column(abs(number)):
             kept[key] = str(number)
-        elif text.strip() in (b"null", b"true", b"false"):
-            kept[key] = {b"null": None, b"true": True, b"false": False}[text.strip()]
+        elif text == b"true":
+            kept[key] = True
     return kept or None
 
 

@@ -191,3 +191,17 @@ def test_invalid_records_say_why(change: dict, reason: str) -> None:
     parsed = parse_usage_record(litellm_record(**change))
     assert isinstance(parsed, NotBillable)
     assert (parsed.kind, parsed.reason) == ("invalid", reason)
+
+
+def test_a_receipt_keeps_the_non_zero_amounts_of_litellms_cost_breakdown() -> None:
+    """The audit copy of cost_breakdown: exact amounts, without the dozen zeros and nulls LiteLLM adds."""
+    fact = parse_usage_record(load_sample(SAMPLE_BATCH)[0])
+    assert isinstance(fact, UsageFact)
+    assert fact.cost_breakdown == {
+        "input_cost": "0.0000015",
+        "output_cost": "0.000012",
+        "total_cost": "0.0000135",
+        "original_cost": "0.0000135",
+    }
+    unpriced = parse_usage_record(load_sample(SAMPLE_BATCH)[4])
+    assert isinstance(unpriced, UsageFact) and unpriced.cost_breakdown is None  # every amount is 0

@@ -33,8 +33,6 @@ from receipts.services import reprocess_delivery, retry_deferred_usage
 
 logger = logging.getLogger(__name__)
 
-OPEN_STATUSES = DeferredUsage.OPEN_STATUSES
-PAYER_REASONS = (DeferredUsage.Reason.UNKNOWN_PAYER, DeferredUsage.Reason.UNKNOWN_END_USER)
 # One admin action retries at most this many records; the sweep handles the rest.
 MAX_RETRIES_PER_ACTION = 500
 
@@ -185,7 +183,7 @@ class DeferredUsageAdmin(ExactSearchMixin, admin.ModelAdmin):
         billed = waiting = closed = errors = 0
         selected = list(queryset.order_by("id")[: MAX_RETRIES_PER_ACTION + 1])
         for deferred in selected[:MAX_RETRIES_PER_ACTION]:
-            if deferred.status not in OPEN_STATUSES:
+            if deferred.status not in DeferredUsage.OPEN_STATUSES:
                 closed += 1
                 continue
             try:
@@ -217,7 +215,11 @@ class DeferredUsageAdmin(ExactSearchMixin, admin.ModelAdmin):
         if not request.user.has_perm("accounts.add_enduseralias"):
             self.message_user(request, "You may not create end user aliases.", messages.ERROR)
             return None
-        waiting = [d for d in queryset.order_by("id") if d.reason in PAYER_REASONS and d.status in OPEN_STATUSES]
+        waiting = [
+            d
+            for d in queryset.order_by("id")
+            if d.reason in DeferredUsage.PAYER_REASONS and d.status in DeferredUsage.OPEN_STATUSES
+        ]
         by_end_user: dict[str, list[DeferredUsage]] = defaultdict(list)
         for deferred in waiting:
             by_end_user[deferred.end_user].append(deferred)

@@ -117,6 +117,8 @@ class DeferredUsage(models.Model):
         DISCARDED = "discarded", "Discarded by staff"
 
     OPEN_STATUSES = (Status.PENDING, Status.FAILED)
+    # Waiting for a payer binding (unknown_end_user: rows kept before payer bindings existed).
+    PAYER_REASONS = (Reason.UNKNOWN_PAYER, Reason.UNKNOWN_END_USER)
     # Reasons a retry can cure by itself (a cost learnt, a payer bound); the others need staff.
     WAITING_REASONS = frozenset({Reason.UNKNOWN_COST, Reason.UNKNOWN_END_USER, Reason.UNKNOWN_PAYER, Reason.ERROR})
 

@@ -11,10 +11,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from django.db import DatabaseError
-
 from receipts.exactjson import loads_exact
-from receipts.services import commit_usage_fact, commit_usage_facts
+from receipts.models import DeferredUsage
+from receipts.services import commit_isolated
 from receipts.usage import UsageFact, parse_usage_record
 from reconciliation import metrics
 from reconciliation.spendlogs import SPEND_COLUMNS
@@ -112,20 +111,11 @@ def backfill(cursor: Any) -> dict[str, int]:
             else:
                 counts["not_billable"] += 1
                 logger.warning("spend log %s cannot be backfilled: %s (%s)", row[0], parsed.reason, parsed.detail)
-        try:
-            outcomes = commit_usage_facts(facts=facts)
-        except DatabaseError:
-            logger.exception("backfill of %d receipts failed as a batch; one by one", len(facts))
-            outcomes = []
-            for fact in facts:
-                try:
-                    outcomes.append(commit_usage_fact(fact=fact))
-                except DatabaseError:
-                    logger.exception("backfill of litellm_call_id=%s failed", fact.litellm_call_id)
-                    outcomes.append(None)
+        # As for a delivery: a fact the database refuses is kept for replay and costs only itself.
+        outcomes = commit_isolated(facts=facts)
         healed = []
         for ref, outcome in zip(refs, outcomes, strict=True):
-            if outcome is None:
+            if outcome.outcome == "deferred" and outcome.reason == DeferredUsage.Reason.ERROR:
                 counts["errors"] += 1
             elif outcome.outcome == "processed":
                 counts["backfilled"] += 1
@@ -139,4 +129,4 @@ def backfill(cursor: Any) -> dict[str, int]:
             cursor.execute(
                 "UPDATE reconcile_found SET healed = true WHERE kind = 'missing_receipt' AND ref = ANY(%s)", [healed]
             )
-        metrics.reconcile_backfilled_total.inc(sum(1 for o in outcomes if o and o.outcome == "processed"))
+        metrics.reconcile_backfilled_total.inc(sum(1 for o in outcomes if o.outcome == "processed"))

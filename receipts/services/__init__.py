@@ -9,7 +9,6 @@
 from receipts.services.billing import (
     RECEIPT_CHANNEL,
     CommitOutcome,
-    close_open_deferrals,
     commit_usage_fact,
     commit_usage_facts,
 )
@@ -29,7 +28,6 @@ __all__ = [
     "CommitOutcome",
     "IngestResult",
     "claim_due_deferred_usage",
-    "close_open_deferrals",
     "commit_isolated",
     "commit_usage_fact",
     "commit_usage_facts",

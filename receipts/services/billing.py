@@ -290,11 +290,6 @@ def _count_outcomes(outcomes: Sequence[CommitOutcome], suspects: int, ended: Seq
         metrics.ingest_lag_seconds.observe(max(0.0, (committed - ended_at).total_seconds()))
 
 
-def close_open_deferrals(*, references: list[str]) -> None:
-    """A deferred record that is now billed (late callback, backfill) stops waiting."""
-    _close_open_deferrals(references=references, notify=[])
-
-
 _CLOSE_OPEN_DEFERRALS_SQL = f"""
     UPDATE {DeferredUsage._meta.db_table} AS d
        SET status = %s, receipt_id = r.id, updated_at = now(), next_attempt_at = NULL
@@ -308,7 +303,8 @@ _CLOSE_OPEN_DEFERRALS_SQL = f"""
 
 
 def _close_open_deferrals(*, references: list[str], notify: list[str]) -> None:
-    """close_open_deferrals(), and NOTIFY RECEIPT_CHANNEL of each call id in `notify`, in one statement."""
+    """A deferred record now billed (late callback, backfill) stops waiting; NOTIFY RECEIPT_CHANNEL of each
+    call id in `notify`; in one statement."""
     if not references and not notify:
         return
     close = [DeferredUsage.Status.BILLED, list(DeferredUsage.OPEN_STATUSES), SOURCE_SYSTEM, references]

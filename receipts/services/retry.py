@@ -185,9 +185,7 @@ def claim_due_deferred_usage(*, limit: int, now: datetime | None = None) -> list
 @transaction.atomic
 def make_payer_deferrals_due(*, kind: str, value: str) -> list[int]:
     """A payer was bound (kind: key, team, run or end_user): the records waiting for it are due now."""
-    waiting = DeferredUsage.objects.open().filter(
-        reason__in=[DeferredUsage.Reason.UNKNOWN_PAYER, DeferredUsage.Reason.UNKNOWN_END_USER]
-    )
+    waiting = DeferredUsage.objects.open().filter(reason__in=DeferredUsage.PAYER_REASONS)
     by_kind = {
         PayerSource.KEY: Q(api_key_hash=value),
         PayerSource.TEAM: Q(team_id=value),

@@ -41,6 +41,16 @@ class InvalidAuthorization(BillingError):
         self.field = field
 
 
+class CallIdReused(BillingError):
+    """The call id was authorized before and that hold is no longer open, or belongs to another payer (409)."""
+
+    field = "litellm_call_id"
+
+
+class AuthorizeTooLate(BillingError):
+    """The caller's deadline passed before the decision could be taken: nothing was held (503)."""
+
+
 class HoldConflict(BillingError):
     """The call already holds credits for another estimate."""
 

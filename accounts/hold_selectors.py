@@ -1,7 +1,9 @@
 """Reads of credit holds: what is reserved, and what is left to spend (available = balance − open holds)."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
@@ -43,3 +45,17 @@ class Availability:
 def credit_availability(*, account: BillingAccount, now: datetime | None = None) -> Availability:
     """Balance, held and available in one query (for pages that show all three)."""
     return Availability(balance_credits=account.balance_credits, held_credits=held_credits(account=account, now=now))
+
+
+def unpriced_hold_estimates(*, litellm_call_ids: Iterable[str]) -> dict[str, Decimal]:
+    """The estimate each call was held at, for calls whose record came without a cost and whose hold has
+    no receipt yet (held, or expired while the call ran): what BILLING_UNPRICED_CALLS=charge_hold charges."""
+    ids = sorted(set(litellm_call_ids))
+    if not ids:
+        return {}
+    holds = CreditHold.objects.filter(
+        litellm_call_id__in=ids,
+        status__in=[CreditHold.Status.HELD, CreditHold.Status.EXPIRED],
+        receipt__isnull=True,
+    )
+    return dict(holds.values_list("litellm_call_id", "estimated_cost_usd"))

@@ -9,25 +9,28 @@ the hold; a hold whose call never reports expires (expire_holds(), run by the sw
 """
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
 from accounts import metrics
-from accounts.exceptions import HoldConflict, InvalidAuthorization
+from accounts.exceptions import AuthorizeTooLate, CallIdReused, HoldConflict, InvalidAuthorization
 from accounts.models import BillingAccount, CreditHold
-from accounts.money import current_charge_rate, fits_bigint, fits_cost_column
+from accounts.money import credits_per_usd, current_charge_rate, fits_bigint, fits_cost_column, usd_text
 from accounts.selectors import PayerDecision, resolve_payer
+from billing_project.text_rules import call_id_problem
 
 Status = CreditHold.Status
 INSUFFICIENT_CREDITS = "insufficient_credits"
 UNKNOWN_PAYER = "unknown_payer"
+UNPRICED_MODEL = "unpriced_model"
+LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for lock_timeout
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,29 @@ class AuthorizeDecision:
     hold: CreditHold | None = None
     reason: str = ""
     replayed: bool = False
+    model: str = ""
+
+    def refusal_sentence(self, *, shows_balance: bool, topup_url: str) -> str:
+        """What a refused caller reads, in USD (README, "What a refused caller reads")."""
+        needs = usd_text(_exact_usd(self.required_credits), rounding=ROUND_CEILING)
+        if self.reason == UNPRICED_MODEL:
+            sentence = (
+                f"Model {self.model or '(none)'!r} has no known price, so this call could not be billed: "
+                "it was refused before reaching the model."
+            )
+        elif self.reason == UNKNOWN_PAYER:
+            sentence = "No billing account pays for this API key yet: the operator must bind it to an account."
+        elif shows_balance and self.available_credits is not None:
+            available = usd_text(_exact_usd(self.available_credits), rounding=ROUND_FLOOR)
+            state = "is used up" if self.available_credits <= 0 else "is too low for this call"
+            sentence = f"This account's prepaid credit {state}: {available} available, this call needs up to {needs}."
+        else:
+            sentence = f"This account's prepaid credit does not cover this call, which needs up to {needs}."
+        return f"{sentence} Top up at {topup_url}" if topup_url and self.reason != UNPRICED_MODEL else sentence
+
+
+def _exact_usd(amount_credits: int) -> Decimal:
+    return Decimal(amount_credits) / credits_per_usd()
 
 
 def _validate_estimate(estimated_cost_usd: Decimal) -> int:
@@ -70,8 +96,20 @@ def _open_held(account_id: int, now: datetime) -> int:
     return int(total or 0)
 
 
-def _replay(hold: CreditHold, *, estimated_cost_usd: Decimal, now: datetime) -> AuthorizeDecision:
-    """The same call asked again: the same answer for the same estimate, 409 for another."""
+def _replay(
+    hold: CreditHold, *, payer: PayerDecision | None, estimated_cost_usd: Decimal, now: datetime
+) -> AuthorizeDecision:
+    """The same call asked again (a retry of an authorize): the same answer for the same estimate.
+
+    Only an open hold of the same payer is replayed. A call id whose hold was settled, released or
+    expired, or that another payer holds, is not this call: a new call with a reused id must never ride
+    on the old hold (A_SERVED_CALL_IS_BILLED), so it is refused (CallIdReused, 409).
+    """
+    if payer is None or hold.account_id != payer.account_id:
+        raise CallIdReused(f"litellm_call_id {hold.litellm_call_id!r} is already held by another caller")
+    if hold.status != Status.HELD or hold.expires_at <= now:
+        state = hold.status if hold.status != Status.HELD else "expired"
+        raise CallIdReused(f"litellm_call_id {hold.litellm_call_id!r} was already used (its hold is {state})")
     if hold.estimated_cost_usd != estimated_cost_usd:
         raise HoldConflict(
             f"call {hold.litellm_call_id} already holds credits for an estimate of {hold.estimated_cost_usd} USD, "
@@ -88,9 +126,35 @@ def _replay(hold: CreditHold, *, estimated_cost_usd: Decimal, now: datetime) -> 
     )
 
 
+def _remaining_ms(deadline: float | None) -> int | None:
+    """Milliseconds left before the caller stops waiting; AuthorizeTooLate once there are none."""
+    if deadline is None:
+        return None
+    remaining_ms = int((deadline - time.monotonic()) * 1000)
+    if remaining_ms <= 0:
+        raise AuthorizeTooLate("the caller's deadline passed before its authorization could be decided")
+    return remaining_ms
+
+
+def _bound_lock_wait(deadline: float | None) -> None:
+    """Wait for the account's lock no longer than the caller waits for the answer (a transaction-local
+    lock_timeout: no session state, so PgBouncer's transaction pooling keeps it)."""
+    remaining_ms = _remaining_ms(deadline)
+    if remaining_ms is not None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{remaining_ms}ms"])
+
+
 @transaction.atomic
 def _decide(
-    *, litellm_call_id: str, estimated_cost_usd: Decimal, required: int, payer: PayerDecision, model: str, now: datetime
+    *,
+    litellm_call_id: str,
+    estimated_cost_usd: Decimal,
+    required: int,
+    payer: PayerDecision,
+    model: str,
+    now: datetime,
+    deadline: float | None,
 ) -> AuthorizeDecision:
     """Hold `required` credits of the payer's account if they are available, under its row lock.
 
@@ -101,16 +165,26 @@ def _decide(
     """
     # The account's row lock serializes every authorization (and every charge: the ledger trigger
     # updates the same row) of this account; what is read below cannot change until we commit.
-    balance = (
-        BillingAccount.objects.select_for_update().values_list("balance_credits", flat=True).get(pk=payer.account_id)
-    )
+    _bound_lock_wait(deadline)
+    try:
+        balance = (
+            BillingAccount.objects.select_for_update()
+            .values_list("balance_credits", flat=True)
+            .get(pk=payer.account_id)
+        )
+    except OperationalError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+            raise AuthorizeTooLate("the account stayed busy past the caller's deadline; nothing was held") from exc
+        raise
+    # A decision the caller will no longer hear must not hold credits it never learns about.
+    _remaining_ms(deadline)
     available = balance - _open_held(payer.account_id, now)
     if required > available:
         # A retry that waited for the lock while its original took the hold sees that hold in the sum:
         # it gets the original's answer, not a refusal.
         existing = CreditHold.objects.filter(litellm_call_id=litellm_call_id).first()
         if existing is not None:
-            return _replay(existing, estimated_cost_usd=estimated_cost_usd, now=now)
+            return _replay(existing, payer=payer, estimated_cost_usd=estimated_cost_usd, now=now)
         return AuthorizeDecision(
             allowed=False, required_credits=required, available_credits=available, reason=INSUFFICIENT_CREDITS
         )
@@ -137,12 +211,17 @@ def authorize_call(
     end_user: str = "",
     run_id: str = "",
     model: str = "",
+    priced: bool = True,
+    deadline: float | None = None,
     now: datetime | None = None,
 ) -> AuthorizeDecision:
     """Hold the call's worst-case cost if the payer can afford it; idempotent per litellm_call_id.
 
     The payer comes from the one resolver (accounts.selectors.resolve_payer). A refusal writes nothing.
-    Raises InvalidAuthorization (bad estimate) and HoldConflict (the call holds another estimate).
+    `priced=False` (LiteLLM knows no price for the model) is refused with BILLING_UNPRICED_CALLS=refuse.
+    `deadline` (time.monotonic()) is when the caller stops waiting: past it nothing is held.
+    Raises InvalidAuthorization (bad estimate), HoldConflict (the call holds another estimate),
+    CallIdReused (the call id was used before) and AuthorizeTooLate (the deadline passed).
     """
     started = time.perf_counter()
     result = "error"
@@ -152,6 +231,8 @@ def authorize_call(
             estimated_cost_usd=estimated_cost_usd,
             payer_query={"key_hash": key_hash, "team_id": team_id, "end_user": end_user, "run_id": run_id},
             model=model,
+            priced=priced,
+            deadline=deadline,
             now=now or timezone.now(),
         )
         if decision.replayed:
@@ -164,8 +245,11 @@ def authorize_call(
     except InvalidAuthorization:
         result = "invalid"
         raise
-    except HoldConflict:
+    except (HoldConflict, CallIdReused):
         result = "conflict"
+        raise
+    except AuthorizeTooLate:
+        result = "too_late"
         raise
     finally:
         metrics.authorize_decisions_total.labels(result=result).inc()
@@ -173,16 +257,29 @@ def authorize_call(
 
 
 def _authorize(
-    *, litellm_call_id: str, estimated_cost_usd: Decimal, payer_query: dict[str, str], model: str, now: datetime
+    *,
+    litellm_call_id: str,
+    estimated_cost_usd: Decimal,
+    payer_query: dict[str, str],
+    model: str,
+    priced: bool,
+    deadline: float | None,
+    now: datetime,
 ) -> AuthorizeDecision:
-    if not litellm_call_id:
-        raise InvalidAuthorization("litellm_call_id must not be empty", field="litellm_call_id")
+    problem = call_id_problem(litellm_call_id)
+    if problem:
+        raise InvalidAuthorization(f"litellm_call_id {problem}", field="litellm_call_id")
     required = _validate_estimate(estimated_cost_usd)
-    # A replay needs no lock: a hold, once taken, keeps its estimate.
+    if not priced and settings.BILLING_UNPRICED_CALLS == "refuse":
+        # A_SERVED_CALL_IS_BILLED: a call nobody can price would be served for free; refuse it before it runs.
+        return AuthorizeDecision(
+            allowed=False, required_credits=required, available_credits=None, reason=UNPRICED_MODEL, model=model
+        )
+    payer = resolve_payer(**payer_query)
+    # A replay needs no lock: a hold, once taken, keeps its estimate and its account.
     existing = CreditHold.objects.filter(litellm_call_id=litellm_call_id).first()
     if existing is not None:
-        return _replay(existing, estimated_cost_usd=estimated_cost_usd, now=now)
-    payer = resolve_payer(**payer_query)
+        return _replay(existing, payer=payer, estimated_cost_usd=estimated_cost_usd, now=now)
     if payer is None:
         allow = settings.BILLING_AUTHORIZE_UNKNOWN_PAYER == "allow"
         return AuthorizeDecision(
@@ -196,13 +293,14 @@ def _authorize(
             payer=payer,
             model=model,
             now=now,
+            deadline=deadline,
         )
     except IntegrityError:
         # Held by a concurrent authorize of the same call since we looked: answer with its hold.
         existing = CreditHold.objects.filter(litellm_call_id=litellm_call_id).first()
         if existing is None:
             raise
-        return _replay(existing, estimated_cost_usd=estimated_cost_usd, now=now)
+        return _replay(existing, payer=payer, estimated_cost_usd=estimated_cost_usd, now=now)
 
 
 @transaction.atomic
@@ -224,6 +322,27 @@ def release_hold(*, litellm_call_id: str, now: datetime | None = None) -> Credit
 
 
 @transaction.atomic
+def renew_hold(*, litellm_call_id: str, now: datetime | None = None) -> CreditHold | None:
+    """Extend an open hold by BILLING_HOLD_TTL_SECONDS from now: its call is still running (a long stream).
+
+    Only a hold that still reserves credits is renewed: one past its expiry already stopped counting and
+    others may have reserved those credits since. Returns the renewed hold, or None.
+    """
+    now = now or timezone.now()
+    hold = (
+        CreditHold.objects.select_for_update()
+        .filter(litellm_call_id=litellm_call_id, status=Status.HELD, expires_at__gt=now)
+        .first()
+    )
+    if hold is None:
+        return None
+    hold.expires_at = now + timedelta(seconds=settings.BILLING_HOLD_TTL_SECONDS)
+    hold.save(update_fields=["expires_at"])
+    transaction.on_commit(metrics.holds_renewed_total.inc)
+    return hold
+
+
+@transaction.atomic
 def expire_holds(*, now: datetime) -> int:
     """Mark expired every open hold past its expiry (they already stopped counting against available)."""
     expired = CreditHold.objects.filter(status=Status.HELD, expires_at__lte=now).update(
@@ -234,18 +353,18 @@ def expire_holds(*, now: datetime) -> int:
     return expired
 
 
-def settle_holds(
-    *, litellm_call_ids: Sequence[str], receipts_by_call_id: Mapping[str, int], now: datetime | None = None
-) -> int:
+def settle_holds(*, receipts_by_call_id: Mapping[str, tuple[int, int]], now: datetime | None = None) -> int:
     """Link each call's new receipt to its hold, inside the caller's transaction (commit_usage_facts).
 
+    `receipts_by_call_id`: call id -> (receipt id, the receipt's account). Only a hold of the same account
+    is touched: a record billed to another payer under the same call id never settles this hold.
     An open hold becomes settled, whatever the charge (POST_CALL_NEVER_BLOCKS: the receipt has already
     landed in full). A hold that was released or had expired keeps its status and just gets its receipt
     (a late callback is billed normally). Returns how many holds were settled.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("settle_holds() runs inside the transaction that writes the receipts")
-    call_ids = sorted({c for c in litellm_call_ids if c in receipts_by_call_id})
+    call_ids = sorted(receipts_by_call_id)
     if not call_ids:
         return 0
     now = now or timezone.now()
@@ -258,8 +377,8 @@ def settle_holds(
                SET receipt_id = u.receipt_id,
                    settled_at = CASE WHEN h.status = %s THEN %s ELSE h.settled_at END,
                    status = CASE WHEN h.status = %s THEN %s ELSE h.status END
-              FROM unnest(%s::text[], %s::bigint[]) AS u(call_id, receipt_id)
-             WHERE h.litellm_call_id = u.call_id AND h.receipt_id IS NULL
+              FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS u(call_id, receipt_id, account_id)
+             WHERE h.litellm_call_id = u.call_id AND h.account_id = u.account_id AND h.receipt_id IS NULL
             RETURNING h.status = %s
             """,
             [
@@ -268,7 +387,8 @@ def settle_holds(
                 Status.HELD,
                 Status.SETTLED,
                 call_ids,
-                [receipts_by_call_id[c] for c in call_ids],
+                [receipts_by_call_id[c][0] for c in call_ids],
+                [receipts_by_call_id[c][1] for c in call_ids],
                 Status.SETTLED,
             ],
         )

@@ -1,14 +1,16 @@
 """Internal API of pre-call authorization, as the LiteLLM plugin (litellm_billing_plugin/) calls it.
 
-POST   /api/internal/billing/authorize                    hold the call's worst-case cost, or 402
-DELETE /api/internal/billing/authorize/<litellm_call_id>  release it (the call failed before being billed)
+POST   /api/internal/billing/authorize                          hold the call's worst-case cost, or 402
+DELETE /api/internal/billing/authorize/<litellm_call_id>        release it (the call failed before being billed)
+POST   /api/internal/billing/authorize/<litellm_call_id>/renew  extend it (the call is still streaming)
 """
 
 import json
-import unicodedata
+import time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
@@ -18,9 +20,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.exceptions import HoldConflict, InvalidAuthorization
-from accounts.hold_services import AuthorizeDecision, authorize_call, release_hold
-from billing_project.api import InternalTokenAuthentication, IsInternalService, error_responses
+from accounts.exceptions import AuthorizeTooLate, CallIdReused, HoldConflict, InvalidAuthorization
+from accounts.hold_services import AuthorizeDecision, authorize_call, release_hold, renew_hold
+from billing_project.api import AuthorizeTokenAuthentication, IsInternalService, error_responses, valid_call_id
+from billing_project.text_rules import CALL_ID_MAX_LENGTH
 
 # Longer than any binding value (255): a longer end user simply matches no binding.
 _TEXT_MAX = 1024
@@ -63,12 +66,6 @@ class UsdAmountField(serializers.Field):
         return str(value)
 
 
-def _printable(value: str) -> str:
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        raise serializers.ValidationError("must not contain control characters")
-    return value
-
-
 class TextField(serializers.CharField):
     """Text only: a number or a bool is refused, not turned into text."""
 
@@ -103,19 +100,33 @@ def _invalid(errors: dict[str, Any]) -> Response:
 class AuthorizeApi(APIView):
     """Pre-call authorization: hold the call's worst-case cost if its payer can afford it (else 402)."""
 
-    authentication_classes = [InternalTokenAuthentication]
+    authentication_classes = [AuthorizeTokenAuthentication]
     permission_classes = [IsInternalService]
     parser_classes = [ExactJSONParser]
 
     @extend_schema_serializer(component_name="AuthorizeRequest")
     class InputSerializer(serializers.Serializer):
-        litellm_call_id = TextField(max_length=255, trim_whitespace=False, validators=[_printable])
+        litellm_call_id = TextField(max_length=CALL_ID_MAX_LENGTH, trim_whitespace=False, validators=[valid_call_id])
         key_hash = _optional_text("What LiteLLM logs as metadata.user_api_key_hash.")
         team_id = _optional_text("metadata.user_api_key_team_id.")
         end_user = _optional_text("The caller's end user (header x-litellm-end-user-id, else the body's `user`).")
         run_id = _optional_text("metadata.spend_logs_metadata.run_id, when the caller sent one.")
         model = _optional_text("The model group the caller named (shown to staff).")
         estimated_cost_usd = UsdAmountField(help_text="The call's worst-case cost in USD: decimal text or number.")
+        priced = serializers.BooleanField(
+            required=False,
+            default=True,
+            help_text="false when LiteLLM knows no price for the model (the estimate is a default): refused "
+            "with BILLING_UNPRICED_CALLS=refuse.",
+        )
+        deadline_ms = serializers.IntegerField(
+            required=False,
+            allow_null=True,
+            default=None,
+            min_value=1,
+            max_value=60_000,
+            help_text="How long the caller waits for this answer: past it nothing is held (503 too_late).",
+        )
 
     @extend_schema_serializer(component_name="AuthorizeAllowed")
     class AllowedSerializer(serializers.Serializer):
@@ -128,9 +139,13 @@ class AuthorizeApi(APIView):
     @extend_schema_serializer(component_name="AuthorizeRefused")
     class RefusedSerializer(serializers.Serializer):
         allowed = serializers.BooleanField()
-        reason = serializers.ChoiceField(choices=["insufficient_credits", "unknown_payer"])
-        available_credits = serializers.IntegerField(required=False)
+        reason = serializers.ChoiceField(choices=["insufficient_credits", "unknown_payer", "unpriced_model"])
+        message = serializers.CharField(help_text="A sentence for people, in USD.")
+        available_credits = serializers.IntegerField(
+            required=False, help_text="Only when BILLING_402_SHOWS_BALANCE is true."
+        )
         required_credits = serializers.IntegerField()
+        topup_url = serializers.CharField(required=False, help_text="BILLING_TOPUP_URL, when set.")
 
     @extend_schema(
         request=InputSerializer,
@@ -141,13 +156,18 @@ class AuthorizeApi(APIView):
                 400,
                 401,
                 409,
+                503,
+                e503="The account stayed busy past `deadline_ms` (or the database is unavailable): nothing held.",
                 e400="Malformed body, or a negative or non-numeric `estimated_cost_usd`; `field` names it.",
-                e409="This call already holds credits for another `estimated_cost_usd`.",
+                e409="The call id holds credits for another `estimated_cost_usd` (`field` names it), or was "
+                "used before: its hold is settled, released or expired, or another payer holds it "
+                "(`field` is `litellm_call_id`).",
             ),
         },
         description="Idempotent per litellm_call_id: the same call and estimate get the same hold (200).",
     )
     def post(self, request: Request) -> Response:
+        received = time.monotonic()
         if not isinstance(request.data, dict):
             return Response(
                 {"error": "the body must be a JSON object", "field": "body"}, status=status.HTTP_400_BAD_REQUEST
@@ -165,22 +185,34 @@ class AuthorizeApi(APIView):
                 end_user=params["end_user"] or "",
                 run_id=params["run_id"] or "",
                 model=params["model"] or "",
+                priced=params["priced"],
+                deadline=received + params["deadline_ms"] / 1000 if params["deadline_ms"] else None,
+            )
+        except AuthorizeTooLate as exc:
+            return Response(
+                {"error": str(exc), "reason": "too_late", "field": "deadline_ms"},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         except InvalidAuthorization as exc:
             return Response({"error": str(exc), "field": exc.field}, status=status.HTTP_400_BAD_REQUEST)
-        except HoldConflict as exc:
+        except (HoldConflict, CallIdReused) as exc:
             return Response({"error": str(exc), "field": exc.field}, status=status.HTTP_409_CONFLICT)
         return self._answer(decision)
 
     def _answer(self, decision: AuthorizeDecision) -> Response:
         if not decision.allowed:
+            shows_balance = settings.BILLING_402_SHOWS_BALANCE
+            topup_url = settings.BILLING_TOPUP_URL
             refusal: dict[str, Any] = {
                 "allowed": False,
                 "reason": decision.reason,
+                "message": decision.refusal_sentence(shows_balance=shows_balance, topup_url=topup_url),
                 "required_credits": decision.required_credits,
             }
-            if decision.available_credits is not None:
+            if decision.available_credits is not None and shows_balance:
                 refusal["available_credits"] = decision.available_credits
+            if topup_url:
+                refusal["topup_url"] = topup_url
             return Response(self.RefusedSerializer(refusal).data, status=status.HTTP_402_PAYMENT_REQUIRED)
         hold = decision.hold
         body = {
@@ -196,7 +228,7 @@ class AuthorizeApi(APIView):
 class AuthorizeReleaseApi(APIView):
     """Release a call's hold: the proxy's failure hook calls it for a call that failed."""
 
-    authentication_classes = [InternalTokenAuthentication]
+    authentication_classes = [AuthorizeTokenAuthentication]
     permission_classes = [IsInternalService]
 
     @extend_schema_serializer(component_name="HoldReleased")
@@ -218,6 +250,36 @@ class AuthorizeReleaseApi(APIView):
         if hold is None:
             return Response(
                 {"error": f"call {litellm_call_id} has no open hold", "field": "litellm_call_id"},
+                status=status.HTTP_404_NOT_FOUND,
+            )
+        return Response(self.OutputSerializer(hold).data)
+
+
+class AuthorizeRenewApi(APIView):
+    """Extend a running call's hold by BILLING_HOLD_TTL_SECONDS: the plugin renews it while a stream runs."""
+
+    authentication_classes = [AuthorizeTokenAuthentication]
+    permission_classes = [IsInternalService]
+
+    @extend_schema_serializer(component_name="HoldRenewed")
+    class OutputSerializer(serializers.Serializer):
+        hold_id = serializers.UUIDField()
+        litellm_call_id = serializers.CharField()
+        held_credits = serializers.IntegerField()
+        expires_at = serializers.DateTimeField()
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: OutputSerializer,
+            **error_responses(401, 404, e404="The call has no open hold (none, settled, released or expired)."),
+        },
+    )
+    def post(self, request: Request, litellm_call_id: str) -> Response:
+        hold = renew_hold(litellm_call_id=litellm_call_id)
+        if hold is None:
+            return Response(
+                {"error": f"call {litellm_call_id} has no open hold to renew", "field": "litellm_call_id"},
                 status=status.HTTP_404_NOT_FOUND,
             )
         return Response(self.OutputSerializer(hold).data)

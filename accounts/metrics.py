@@ -5,7 +5,8 @@ from prometheus_client import Counter, Histogram
 authorize_decisions_total = Counter(
     "billing_authorize_decisions_total",
     "Pre-call authorizations by result",
-    # allowed, replayed, insufficient_credits, unknown_payer, unknown_payer_allowed, conflict, invalid
+    # allowed, replayed, insufficient_credits, unknown_payer, unpriced_model, unknown_payer_allowed, conflict,
+    # invalid, too_late
     ["result"],
 )
 authorize_seconds = Histogram(
@@ -20,6 +21,10 @@ holds_expired_total = Counter(
 holds_released_total = Counter(
     "billing_holds_released_total",
     "Credit holds released by the proxy (a call that failed) or by staff",
+)
+holds_renewed_total = Counter(
+    "billing_holds_renewed_total",
+    "Credit holds extended by the plugin while their call was still running (a long stream)",
 )
 holds_settled_total = Counter(
     "billing_holds_settled_total",

@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from billing_project.text_rules import CALL_ID_MAX_LENGTH
+
 
 class BillingAccount(models.Model):
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
@@ -213,7 +215,7 @@ class CreditHold(models.Model):
 
     hold_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     account = models.ForeignKey(BillingAccount, on_delete=models.PROTECT, related_name="credit_holds")
-    litellm_call_id = models.CharField(max_length=255, unique=True)
+    litellm_call_id = models.CharField(max_length=CALL_ID_MAX_LENGTH, unique=True)
     model = models.CharField(max_length=255, blank=True, default="")
     payer_source = models.CharField(max_length=16, choices=PayerSource.choices)
     # Kept as sent (Decimal from the JSON text) so a replay is compared with the estimate, not its rounding.

@@ -75,6 +75,18 @@ def credits_to_usd(amount_credits: int) -> Decimal:
     return _CONTEXT.divide(Decimal(amount_credits), credits_per_usd()).quantize(USD_QUANTUM)
 
 
+def usd_text(amount: Decimal, *, rounding: str) -> str:
+    """USD for people: "$0.00", "$0.0123" (at least cents, at most 6 decimals, trailing zeros dropped).
+
+    `rounding` is decimal.ROUND_FLOOR for what someone has (never shown as more) and ROUND_CEILING for
+    what something costs (never shown as less).
+    """
+    text = f"{amount.quantize(USD_QUANTUM, rounding=rounding):f}"
+    whole, _, cents = text.partition(".")
+    cents = cents.rstrip("0").ljust(2, "0")
+    return f"-${whole.lstrip('-')}.{cents}" if amount < 0 else f"${whole}.{cents}"
+
+
 # Credits columns (amounts, balances, charges) are PostgreSQL bigint: every
 # amount is checked against this range before it reaches the database.
 BIGINT_MIN = -(2**63)

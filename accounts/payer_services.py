@@ -8,7 +8,6 @@ payer_binding_created so the records deferred for want of that payer are replaye
 """
 
 import logging
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -29,6 +28,7 @@ from accounts.models import (
     TeamBinding,
 )
 from accounts.signals import payer_binding_created
+from billing_project.text_rules import control_character_problem
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ def _clean_value(value: object, *, field: str) -> str:
         raise InvalidBinding(f"{field} must be a non-empty string", field=field)
     if len(value) > BINDING_VALUE_MAX_LENGTH:
         raise InvalidBinding(f"{field} must be at most {BINDING_VALUE_MAX_LENGTH} characters", field=field)
-    # Control characters (NUL included) and lone surrogates cannot be logged or stored faithfully.
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        raise InvalidBinding(f"{field} must not contain control characters", field=field)
+    problem = control_character_problem(value)
+    if problem:
+        raise InvalidBinding(f"{field} {problem}", field=field)
     return value
 
 

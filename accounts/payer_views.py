@@ -1,6 +1,5 @@
 """Internal API of payer bindings: register runs, bind keys, teams and end users (who pays)."""
 
-import unicodedata
 from typing import Any
 
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
@@ -19,7 +18,7 @@ from accounts.models import (
     TeamBinding,
 )
 from accounts.payer_services import payer_binding_create, run_binding_create
-from billing_project.api import InternalTokenAuthentication, IsInternalService, error_responses
+from billing_project.api import AdminApiTokenAuthentication, IsInternalService, error_responses, printable_text
 
 _BINDING_ERRORS = error_responses(
     400,
@@ -44,12 +43,6 @@ class _AccountField(serializers.UUIDField):
         return str(value.public_id if isinstance(value, BillingAccount) else value)
 
 
-def _printable(value: str) -> str:
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
-        raise serializers.ValidationError("must not contain control characters")
-    return value
-
-
 def _binding_error(exc: InvalidBinding | BindingConflict, field: str) -> Response:
     code = status.HTTP_409_CONFLICT if isinstance(exc, BindingConflict) else status.HTTP_400_BAD_REQUEST
     return Response({"error": str(exc), "field": field}, status=code)
@@ -58,7 +51,7 @@ def _binding_error(exc: InvalidBinding | BindingConflict, field: str) -> Respons
 class RunRegisterApi(APIView):
     """Register an external-executor run: its calls (`user = "{run_id}/{attempt}"` from a gateway key) bill here."""
 
-    authentication_classes = [InternalTokenAuthentication]
+    authentication_classes = [AdminApiTokenAuthentication]
     permission_classes = [IsInternalService]
 
     @extend_schema_serializer(component_name="RunRegistrationRequest")
@@ -66,7 +59,7 @@ class RunRegisterApi(APIView):
         run_id = serializers.CharField(
             max_length=BINDING_VALUE_MAX_LENGTH,
             trim_whitespace=False,
-            validators=[_printable],
+            validators=[printable_text],
             help_text='Any printable text (may contain "/"), at most 255 characters.',
         )
         account = _AccountField(help_text="The paying account's public UUID.")
@@ -121,7 +114,7 @@ _BINDING_FIELDS = {
 class PayerBindingApi(APIView):
     """Bind a LiteLLM key (hash or raw `sk-` key; only the hash is kept), team or end user to an account."""
 
-    authentication_classes = [InternalTokenAuthentication]
+    authentication_classes = [AdminApiTokenAuthentication]
     permission_classes = [IsInternalService]
 
     @extend_schema_serializer(component_name="PayerBindingRequest")
@@ -131,7 +124,7 @@ class PayerBindingApi(APIView):
             max_length=BINDING_VALUE_MAX_LENGTH,
             required=False,
             trim_whitespace=False,
-            validators=[_printable],
+            validators=[printable_text],
             help_text="The key hash LiteLLM logs (`user_api_key_hash`), the team id or the end user.",
         )
         api_key = serializers.CharField(

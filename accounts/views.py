@@ -8,13 +8,13 @@ from rest_framework.views import APIView
 from accounts.exceptions import IdempotencyConflict
 from accounts.models import BillingAccount, CreditLedgerEntry
 from accounts.services import GRANT_REASONS, InvalidGrant, grant_credits
-from billing_project.api import InternalTokenAuthentication, IsInternalService, error_responses
+from billing_project.api import AdminApiTokenAuthentication, IsInternalService, error_responses
 
 
 class CreditGrantApi(APIView):
     """Top-ups and grants from payment systems; idempotent by `idempotency_key`."""
 
-    authentication_classes = [InternalTokenAuthentication]
+    authentication_classes = [AdminApiTokenAuthentication]
     permission_classes = [IsInternalService]
 
     @extend_schema_serializer(component_name="CreditGrantRequest")

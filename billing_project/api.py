@@ -1,4 +1,4 @@
-"""Shared API pieces: the internal bearer token and a JSON error format."""
+"""Shared API pieces: the scoped internal bearer tokens and a JSON error format."""
 
 import hmac
 from collections.abc import Callable
@@ -17,26 +17,37 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from billing_project.scopes import SCOPE_SETTINGS, TokenScope
+from billing_project.text_rules import call_id_problem, control_character_problem
+
+
+def scope_token(scope: TokenScope) -> str:
+    """The token a scope accepts: its own setting, else BILLING_INGEST_TOKEN (an upgrade keeps working)."""
+    return getattr(settings, SCOPE_SETTINGS[scope]) or settings.BILLING_INGEST_TOKEN
+
 
 class InternalService:
-    """The authenticated principal of internal calls (LiteLLM, gateways, payment systems)."""
+    """The authenticated principal of internal calls (LiteLLM, gateways, payment systems), with its scope."""
 
     is_authenticated = True
     is_staff = False
     pk = None
 
+    def __init__(self, scope: TokenScope) -> None:
+        self.scope = scope
+
     def __str__(self) -> str:
-        return "internal-service"
+        return f"internal-service:{self.scope}"
 
 
 BEARER = b"bearer"
 WWW_AUTHENTICATE = 'Bearer realm="billing-internal"'
 
 
-def internal_bearer_token(request: HttpRequest | Request) -> str:
-    """The caller's `Authorization: Bearer` token when it is BILLING_INGEST_TOKEN (constant-time compare).
+def internal_bearer_token(request: HttpRequest | Request, *, scope: TokenScope) -> str:
+    """The caller's `Authorization: Bearer` token when it is the token of `scope` (constant-time compare).
 
-    The one check of the internal token: the internal API (InternalTokenAuthentication),
+    The one check of an internal token: the internal API (the scoped authentication classes below),
     /metrics and /api/schema/ all go through it. Raises NotAuthenticated or AuthenticationFailed.
     """
     header = get_authorization_header(request).split()
@@ -44,21 +55,25 @@ def internal_bearer_token(request: HttpRequest | Request) -> str:
         raise exceptions.NotAuthenticated("Missing Authorization: Bearer <token> header.")
     if header[0].lower() != BEARER or len(header) != 2:
         raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <token>'.")
-    expected = settings.BILLING_INGEST_TOKEN.encode()
+    expected = scope_token(scope).encode()
     if not expected or not hmac.compare_digest(header[1], expected):
-        raise exceptions.AuthenticationFailed("Invalid bearer token.")
+        raise exceptions.AuthenticationFailed(
+            f"Invalid bearer token for this endpoint: it takes {SCOPE_SETTINGS[scope]}."
+        )
     return header[1].decode()
 
 
-def internal_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Wrap a plain Django view (e.g. django-prometheus' /metrics) so it needs the internal token: 401 otherwise."""
+def internal_only(
+    view: Callable[..., HttpResponse], *, scope: TokenScope = TokenScope.METRICS
+) -> Callable[..., HttpResponse]:
+    """Wrap a plain Django view (e.g. django-prometheus' /metrics) so it needs the scope's token: 401 otherwise."""
 
     @wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         try:
-            internal_bearer_token(request)
+            internal_bearer_token(request, scope=scope)
         except exceptions.APIException as exc:
-            response = JsonResponse({"error": str(exc.detail)}, status=401)
+            response = JsonResponse({"error": str(exc.detail), "field": "Authorization"}, status=401)
             response["WWW-Authenticate"] = WWW_AUTHENTICATE
             return response
         return view(request, *args, **kwargs)
@@ -66,16 +81,29 @@ def internal_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespon
     return wrapped
 
 
-class InternalTokenAuthentication(BaseAuthentication):
-    """`Authorization: Bearer $BILLING_INGEST_TOKEN`, compared in constant time."""
+class _ScopedTokenAuthentication(BaseAuthentication):
+    """`Authorization: Bearer <the scope's token>`, compared in constant time."""
 
     keyword = BEARER
+    scope: TokenScope
 
     def authenticate(self, request: Request) -> tuple[InternalService, str] | None:
-        return InternalService(), internal_bearer_token(request)
+        return InternalService(self.scope), internal_bearer_token(request, scope=self.scope)
 
     def authenticate_header(self, request: Request) -> str:
         return WWW_AUTHENTICATE
+
+
+class IngestTokenAuthentication(_ScopedTokenAuthentication):
+    scope = TokenScope.INGEST
+
+
+class AuthorizeTokenAuthentication(_ScopedTokenAuthentication):
+    scope = TokenScope.AUTHORIZE
+
+
+class AdminApiTokenAuthentication(_ScopedTokenAuthentication):
+    scope = TokenScope.ADMIN_API
 
 
 class IsInternalService(BasePermission):
@@ -98,14 +126,32 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
-class InternalTokenScheme(OpenApiAuthenticationExtension):
-    """Documents the internal bearer token in the OpenAPI schema."""
+class _ScopedTokenScheme(OpenApiAuthenticationExtension):
+    """Documents a scoped internal bearer token in the OpenAPI schema."""
 
-    target_class = "billing_project.api.InternalTokenAuthentication"
-    name = "internalBearerToken"
+    scope: TokenScope
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
-        return {"type": "http", "scheme": "bearer", "description": "BILLING_INGEST_TOKEN (at least 32 characters)"}
+        setting = SCOPE_SETTINGS[self.scope]
+        return {"type": "http", "scheme": "bearer", "description": f"{setting} (at least 32 characters)"}
+
+
+class IngestTokenScheme(_ScopedTokenScheme):
+    target_class = "billing_project.api.IngestTokenAuthentication"
+    name = "ingestToken"
+    scope = TokenScope.INGEST
+
+
+class AuthorizeTokenScheme(_ScopedTokenScheme):
+    target_class = "billing_project.api.AuthorizeTokenAuthentication"
+    name = "authorizeToken"
+    scope = TokenScope.AUTHORIZE
+
+
+class AdminApiTokenScheme(_ScopedTokenScheme):
+    target_class = "billing_project.api.AdminApiTokenAuthentication"
+    name = "adminApiToken"
+    scope = TokenScope.ADMIN_API
 
 
 @extend_schema_serializer(component_name="Error")
@@ -116,6 +162,22 @@ class ErrorSerializer(serializers.Serializer):
     field = serializers.CharField(required=False, help_text="The request field at fault.")
     fields = serializers.DictField(required=False, help_text="Per-field messages of a 400.")
     detail = serializers.JSONField(required=False)
+
+
+def printable_text(value: str) -> str:
+    """A serializer validator: billing_project.text_rules.control_character_problem as a 400."""
+    problem = control_character_problem(value)
+    if problem:
+        raise serializers.ValidationError(problem)
+    return value
+
+
+def valid_call_id(value: str) -> str:
+    """A serializer validator: billing_project.text_rules.call_id_problem as a 400 naming the call id."""
+    problem = call_id_problem(value)
+    if problem:
+        raise serializers.ValidationError(problem)
+    return value
 
 
 _ERROR_MEANINGS = {

@@ -4,7 +4,10 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, register
+from django.core.checks import Warning as CheckWarning
 from django.core.exceptions import ImproperlyConfigured
+
+from billing_project.scopes import SCOPE_SETTINGS, TokenScope
 
 MIN_TOKEN_LENGTH = 32
 MIN_SECRET_KEY_LENGTH = 50
@@ -25,6 +28,15 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
                 id="billing.E001",
             )
         )
+    for scope, setting in SCOPE_SETTINGS.items():
+        value = getattr(settings, setting)
+        if scope is not TokenScope.INGEST and value and len(value) < MIN_TOKEN_LENGTH:
+            errors.append(
+                Error(
+                    f"{setting} must be at least {MIN_TOKEN_LENGTH} characters when it is set (it is {len(value)}).",
+                    id="billing.E003",
+                )
+            )
     try:
         secret_key = settings.SECRET_KEY
     except ImproperlyConfigured:  # Django refuses to hand out an empty key
@@ -39,3 +51,20 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         )
     return errors
+
+
+@register(deploy=False)
+def check_scoped_tokens(app_configs: Any = None, **kwargs: Any) -> list[CheckWarning]:
+    """An unset scoped token falls back to BILLING_INGEST_TOKEN: it works, but one secret then does everything."""
+    if settings.DEBUG:
+        return []
+    return [
+        CheckWarning(
+            f"{setting} is not set: its endpoints accept BILLING_INGEST_TOKEN, so whoever holds LiteLLM's "
+            "callback token can also call them.",
+            hint=f"Set {setting} to its own random value (README, 'Tokens') and give it only to its caller.",
+            id="billing.W001",
+        )
+        for scope, setting in SCOPE_SETTINGS.items()
+        if scope is not TokenScope.INGEST and not getattr(settings, setting)
+    ]

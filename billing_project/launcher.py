@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from billing_project.embedded_pg import start_embedded_postgres
+from billing_project.scopes import SCOPE_SETTINGS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = BASE_DIR / ".data"
@@ -25,13 +26,13 @@ def _ensure_env_file() -> None:
     env_file = BASE_DIR / ".env"
     if env_file.exists():
         return
+    tokens = "".join(f"{setting}={secrets.token_urlsafe(48)}\n" for setting in SCOPE_SETTINGS.values())
     env_file.write_text(
         "# Written by bin/run on first start (git-ignored). See .env.example for every setting.\n"
-        f"SECRET_KEY={secrets.token_urlsafe(64)}\n"
-        f"BILLING_INGEST_TOKEN={secrets.token_urlsafe(48)}\n"
+        f"SECRET_KEY={secrets.token_urlsafe(64)}\n{tokens}"
     )
     env_file.chmod(0o600)
-    print(f"bin/run: wrote {env_file} with generated SECRET_KEY and BILLING_INGEST_TOKEN")
+    print(f"bin/run: wrote {env_file} with a generated SECRET_KEY and one token per scope")
 
 
 def main() -> int:

@@ -141,6 +141,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "billing_project.api.exception_handler",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "billing_project.negotiation.FallbackContentNegotiation",
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
@@ -151,8 +152,14 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Billing -----------------------------------------------------------------
-# Shared secret of LiteLLM's generic_api callback and of the internal API.
+# One bearer token per internal caller (README, "Tokens"; SPEC: LEAST_PRIVILEGE_TOKENS):
+# ingest (LiteLLM's generic_api callback), authorize (the LiteLLM plugin, executors' receipt lookups),
+# admin API (credits, payer bindings, runs), metrics (Prometheus, the OpenAPI schema). An unset scoped
+# token falls back to BILLING_INGEST_TOKEN, with a system-check warning outside DEBUG.
 BILLING_INGEST_TOKEN = env.str("BILLING_INGEST_TOKEN", default="")
+BILLING_AUTHORIZE_TOKEN = env.str("BILLING_AUTHORIZE_TOKEN", default="")
+BILLING_ADMIN_API_TOKEN = env.str("BILLING_ADMIN_API_TOKEN", default="")
+BILLING_METRICS_TOKEN = env.str("BILLING_METRICS_TOKEN", default="")
 # Money settings are parsed as Decimal in accounts/money.py, the one place
 # that turns USD into credits.
 CREDITS_PER_USD = env.str("CREDITS_PER_USD", default="1000000")
@@ -161,6 +168,9 @@ BILLING_MARKUP = env.str("BILLING_MARKUP", default="1.0")
 # long ones; the default leaves ample room.
 BILLING_INGEST_MAX_BODY_BYTES = env.int("BILLING_INGEST_MAX_BODY_BYTES", default=64 * 1024 * 1024)
 BILLING_RECEIPT_MAX_WAIT_MS = env.int("BILLING_RECEIPT_MAX_WAIT_MS", default=30_000)
+# Stored deliveries (their billing fields only) are purged after this many days by the worker;
+# receipts and deferrals keep what explains them.
+BILLING_DELIVERY_RETENTION_DAYS = env.int("BILLING_DELIVERY_RETENTION_DAYS", default=30)
 # Deferred records: retry schedule (seconds) and how many attempts before a
 # record is marked failed and shown to staff.
 BILLING_DEFERRED_BASE_DELAY_SECONDS = env.int("BILLING_DEFERRED_BASE_DELAY_SECONDS", default=30)
@@ -177,13 +187,15 @@ BILLING_DEFERRED_CLAIM_SECONDS = env.int("BILLING_DEFERRED_CLAIM_SECONDS", defau
 # `manage.py reconcile` and its scheduled twin (the reconciliation app).
 # The schedule checks the trailing BILLING_RECONCILE_WINDOW_SECONDS that ended
 # BILLING_RECONCILE_LAG_SECONDS ago (LiteLLM writes its spend logs in batches),
-# every BILLING_RECONCILE_SECONDS; it backfills missing receipts only when
-# BILLING_RECONCILE_APPLY is true, and compares with LiteLLM only when
-# LITELLM_MASTER_KEY is set (the in-book checks always run).
+# every BILLING_RECONCILE_SECONDS; it backfills missing receipts (a served call whose
+# record never arrived is billed from LiteLLM's spend logs: A_SERVED_CALL_IS_BILLED)
+# unless BILLING_RECONCILE_APPLY is false, and compares with LiteLLM only when
+# LITELLM_MASTER_KEY is set (the in-book checks always run). `manage.py reconcile`
+# stays a dry run without --apply.
 BILLING_RECONCILE_SECONDS = env.int("BILLING_RECONCILE_SECONDS", default=3600)
 BILLING_RECONCILE_WINDOW_SECONDS = env.int("BILLING_RECONCILE_WINDOW_SECONDS", default=2 * 3600)
 BILLING_RECONCILE_LAG_SECONDS = env.int("BILLING_RECONCILE_LAG_SECONDS", default=15 * 60)
-BILLING_RECONCILE_APPLY = env.bool("BILLING_RECONCILE_APPLY", default=False)
+BILLING_RECONCILE_APPLY = env.bool("BILLING_RECONCILE_APPLY", default=True)
 # Spend-log pages (LiteLLM allows at most 1000 rows a page) and the first time
 # slice asked for; later slices are sized from the last one's count to fit about a page.
 BILLING_RECONCILE_PAGE_SIZE = env.int("BILLING_RECONCILE_PAGE_SIZE", default=1000)
@@ -206,6 +218,18 @@ BILLING_AUTHORIZE_UNKNOWN_PAYER = env.str("BILLING_AUTHORIZE_UNKNOWN_PAYER", def
 if BILLING_AUTHORIZE_UNKNOWN_PAYER not in ("deny", "allow"):
     raise environ.ImproperlyConfigured(
         f"BILLING_AUTHORIZE_UNKNOWN_PAYER must be deny or allow, not {BILLING_AUTHORIZE_UNKNOWN_PAYER!r}"
+    )
+# What a refused caller reads (the 402 of authorize, relayed by the plugin): a sentence in USD, a top-up
+# link when BILLING_TOPUP_URL is set, and the available balance only when BILLING_402_SHOWS_BALANCE is true.
+BILLING_TOPUP_URL = env.str("BILLING_TOPUP_URL", default="")
+BILLING_402_SHOWS_BALANCE = env.bool("BILLING_402_SHOWS_BALANCE", default=True)
+# A call whose model has no known price (README, "Unpriced calls"): refuse it before it runs (refuse), or
+# let it run on a hold and charge that hold provisionally when its record comes without a cost, corrected
+# when a cost is learnt (charge_hold).
+BILLING_UNPRICED_CALLS = env.str("BILLING_UNPRICED_CALLS", default="refuse")
+if BILLING_UNPRICED_CALLS not in ("refuse", "charge_hold"):
+    raise environ.ImproperlyConfigured(
+        f"BILLING_UNPRICED_CALLS must be refuse or charge_hold, not {BILLING_UNPRICED_CALLS!r}"
     )
 if BILLING_HOLD_TTL_SECONDS <= 0:
     raise environ.ImproperlyConfigured("BILLING_HOLD_TTL_SECONDS must be a positive number of seconds")
@@ -251,6 +275,10 @@ CELERY_BEAT_SCHEDULE = {
     "expire-credit-holds": {
         "task": "accounts.tasks.expire_credit_holds",
         "schedule": timedelta(seconds=BILLING_DEFERRED_SWEEP_SECONDS),
+    },
+    "purge-delivery-bodies": {
+        "task": "receipts.tasks.purge_delivery_bodies",
+        "schedule": timedelta(hours=1),
     },
 }
 

@@ -3,7 +3,7 @@ from django.urls import include, path
 from django_prometheus.exports import ExportToDjangoView
 from drf_spectacular.views import SpectacularAPIView
 
-from accounts.hold_views import AuthorizeApi, AuthorizeReleaseApi
+from accounts.hold_views import AuthorizeApi, AuthorizeReleaseApi, AuthorizeRenewApi
 from accounts.payer_views import PayerBindingApi, RunRegisterApi
 from accounts.views import CreditGrantApi
 from billing_project.api import internal_only
@@ -21,6 +21,7 @@ internal = [
     path("runs/<path:run_id>/reconcile", RunReconcileApi.as_view(), name="billing-run-reconcile"),
     path("authorize", AuthorizeApi.as_view(), name="billing-authorize"),
     path("authorize/<str:litellm_call_id>", AuthorizeReleaseApi.as_view(), name="billing-authorize-release"),
+    path("authorize/<str:litellm_call_id>/renew", AuthorizeRenewApi.as_view(), name="billing-authorize-renew"),
 ]
 
 urlpatterns = [

@@ -28,6 +28,15 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Refused4xx:
+    """400 naming the call id, or 409 (a call id used before): the request itself is at fault; the client
+    gets the same status and the service's message, whatever the fail mode."""
+
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Unavailable:
     """No answer: timeout, connection error or a 5xx."""
 
@@ -42,7 +51,7 @@ class Rejected:
     body: dict[str, Any] = field(default_factory=dict)
 
 
-AuthorizeOutcome = Authorized | Refused | Unavailable | Rejected
+AuthorizeOutcome = Authorized | Refused | Refused4xx | Unavailable | Rejected
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:
@@ -63,6 +72,8 @@ def classify(response: httpx.Response) -> AuthorizeOutcome:
         return Authorized(hold_id=body["hold_id"], body=body)
     if status == 402 and body is not None and body.get("allowed") is False:
         return Refused(body=body)
+    if body is not None and (status == 409 or (status == 400 and body.get("field") == "litellm_call_id")):
+        return Refused4xx(status=status, body=body)
     return Rejected(status=status, body=body or {})
 
 
@@ -95,6 +106,18 @@ class BillingClient:
         except httpx.HTTPError as exc:
             return Unavailable(f"{type(exc).__name__}: {exc}")
         return classify(response)
+
+    async def renew(self, litellm_call_id: str) -> str | None:
+        """POST the call's hold renewal; the new `expires_at`, or None when it could not be renewed."""
+        url = f"{self._settings.authorize_url}/{quote(litellm_call_id, safe='')}/renew"
+        try:
+            async with asyncio.timeout(self._settings.timeout_seconds):
+                response = await self._http().post(url)
+        except (TimeoutError, httpx.HTTPError):
+            return None
+        body = _json_object(response) if response.status_code == 200 else None
+        expires_at = body.get("expires_at") if body else None
+        return expires_at if isinstance(expires_at, str) else None
 
     async def release(self, litellm_call_id: str) -> bool:
         """DELETE the call's hold. True when released or already gone (404); False when it could not be sent."""

@@ -12,16 +12,18 @@ Loaded by LiteLLM from `litellm_settings: callbacks: ["litellm_billing_plugin.ho
    settles the hold with the receipt.
 """
 
+import asyncio
 import logging
 import sys
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
-from litellm_billing_plugin.client import Authorized, BillingClient, Refused, Unavailable
+from litellm_billing_plugin.client import Authorized, BillingClient, Refused, Refused4xx, Unavailable
 from litellm_billing_plugin.deployment_estimate import estimate_request
 from litellm_billing_plugin.estimate import usd_text
 from litellm_billing_plugin.metrics import Counters, Event
@@ -30,6 +32,10 @@ from litellm_billing_plugin.settings import OnUnavailable, PluginSettings
 logger = logging.getLogger("litellm_billing_plugin")
 
 END_USER_HEADER = "x-litellm-end-user-id"
+CALL_ID_HEADER = "x-litellm-call-id"
+# A stream renews its hold when this share of the hold's lifetime has passed (a third: two renewals can
+# fail before the hold lapses).
+RENEW_AFTER_SHARE = 1 / 3
 # Holds taken and not yet finished, per call id; bounded because a call can end without either hook
 # (a client disconnect): such a hold is released by the service's TTL sweep.
 MAX_TRACKED_HOLDS = 100_000
@@ -64,6 +70,18 @@ def end_user_of(data: Mapping[str, Any], user_api_key_dict: Any) -> str | None:
     return None
 
 
+def client_chose_call_id(data: Mapping[str, Any]) -> bool:
+    """Whether the request carried its own x-litellm-call-id (LiteLLM 1.108.7 then uses it as the call id)."""
+    request = data.get("proxy_server_request")
+    for headers in (
+        request.get("headers") if isinstance(request, Mapping) else None,
+        _metadata(data).get("headers"),
+    ):
+        if isinstance(headers, Mapping) and any(str(name).lower() == CALL_ID_HEADER for name in headers):
+            return True
+    return False
+
+
 def run_id_of(data: Mapping[str, Any]) -> str | None:
     spend_logs_metadata = _metadata(data).get("spend_logs_metadata")
     if isinstance(spend_logs_metadata, Mapping) and spend_logs_metadata.get("run_id") not in (None, ""):
@@ -83,6 +101,9 @@ class BillingPlugin(CustomLogger):
         self.client = client or BillingClient(self.settings)
         self.counters = Counters()
         self._holds: OrderedDict[str, str] = OrderedDict()
+        # Seconds between renewals of each held call's hold (a third of the lifetime the service gave it).
+        self._renew_every: dict[str, float] = {}
+        self._background: set[asyncio.Task] = set()
 
     def authorize_payload(
         self, data: Mapping[str, Any], user_api_key_dict: Any, call_type: str
@@ -100,6 +121,9 @@ class BillingPlugin(CustomLogger):
             "run_id": run_id_of(data),
             "model": str(data.get("model") or ""),
             "estimated_cost_usd": usd_text(breakdown.usd),
+            "priced": breakdown.priced,
+            # The service holds nothing once we have stopped waiting (a little before our own timeout).
+            "deadline_ms": max(1, int(self.settings.timeout_seconds * 900)),
         }
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> None:
@@ -110,16 +134,37 @@ class BillingPlugin(CustomLogger):
             self.counters.add(Event.REJECTED)
             logger.error("billing plugin: request without litellm_call_id; refusing it (call_type=%s)", call_type)
             raise HTTPException(status_code=503, detail={"allowed": False, "reason": "billing_error"})
+        if client_chose_call_id(data):
+            # LiteLLM takes the client's x-litellm-call-id as the call id, and a call id is what a hold and a
+            # charge are keyed by: a chosen one could replay another call's hold. Refused before the model.
+            self.counters.add(Event.REFUSED)
+            raise HTTPException(
+                status_code=400,
+                detail={
+                    "allowed": False,
+                    "reason": "client_call_id",
+                    "message": f"Do not send {CALL_ID_HEADER}: the proxy chooses each call's id "
+                    "(it returns it in the response's x-litellm-call-id header).",
+                },
+            )
 
         outcome = await self.client.authorize(self.authorize_payload(data, user_api_key_dict, call_type))
         if isinstance(outcome, Authorized):
             self.counters.add(Event.ALLOWED)
-            self._track(call_id, outcome.hold_id)
+            self._track(call_id, outcome.hold_id, outcome.body.get("expires_at"))
             return
         if isinstance(outcome, Refused):
             self.counters.add(Event.REFUSED)
             raise HTTPException(status_code=402, detail=outcome.body)
+        if isinstance(outcome, Refused4xx):
+            self.counters.add(Event.REFUSED)
+            raise HTTPException(
+                status_code=outcome.status,
+                detail={"allowed": False, "reason": "invalid_call", "message": str(outcome.body.get("error", ""))},
+            )
         if isinstance(outcome, Unavailable):
+            # An answer we did not wait for may still have taken a hold: free it now, not at its TTL.
+            self._in_background(self._release_quietly(call_id))
             if self.settings.on_unavailable is OnUnavailable.FAIL_OPEN:
                 total = self.counters.add(Event.UNAVAILABLE_ALLOWED)
                 logger.warning(
@@ -163,6 +208,7 @@ class BillingPlugin(CustomLogger):
         hold_id = self._holds.pop(call_id, None) if isinstance(call_id, str) else None
         if hold_id is None:
             return
+        self._renew_every.pop(call_id, None)
         if await self.client.release(call_id):
             self.counters.add(Event.RELEASED)
         else:
@@ -180,11 +226,61 @@ class BillingPlugin(CustomLogger):
         call_id = kwargs.get("litellm_call_id")
         if isinstance(call_id, str):
             self._holds.pop(call_id, None)
+            self._renew_every.pop(call_id, None)
 
-    def _track(self, call_id: str, hold_id: str) -> None:
+    async def async_post_call_streaming_iterator_hook(
+        self, user_api_key_dict: Any, response: Any, request_data: dict
+    ) -> AsyncGenerator[Any, None]:
+        """Pass the stream through, renewing the call's hold while it runs: a stream longer than the hold's
+        lifetime keeps its reservation (HOLDS_NEVER_OVERSPEND) until its record settles it."""
+        call_id = request_data.get("litellm_call_id")
+        every = self._renew_every.get(call_id) if isinstance(call_id, str) else None
+        loop = asyncio.get_running_loop()
+        due = loop.time() + every if every else None
+        async for item in response:
+            if due is not None and loop.time() >= due:
+                due = loop.time() + every  # type: ignore[operator]
+                self._in_background(self._renew(call_id))  # type: ignore[arg-type]
+            yield item
+
+    async def _renew(self, call_id: str) -> None:
+        if await self.client.renew(call_id) is not None:
+            self.counters.add(Event.RENEWED)
+        else:
+            total = self.counters.add(Event.RENEW_FAILED)
+            logger.warning(
+                "billing plugin: could not renew the hold of streaming call %s (renew_failed_total=%d)", call_id, total
+            )
+
+    async def _release_quietly(self, call_id: str) -> None:
+        if await self.client.release(call_id):
+            self.counters.add(Event.RELEASED)
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _track(self, call_id: str, hold_id: str, expires_at: object = None) -> None:
         self._holds[call_id] = hold_id
+        lifetime = _seconds_until(expires_at)
+        if lifetime:
+            self._renew_every[call_id] = lifetime * RENEW_AFTER_SHARE
         while len(self._holds) > MAX_TRACKED_HOLDS:
-            self._holds.popitem(last=False)
+            gone, _ = self._holds.popitem(last=False)
+            self._renew_every.pop(gone, None)
+
+
+def _seconds_until(expires_at: object) -> float | None:
+    """Seconds from now to an ISO timestamp the service sent, or None."""
+    if not isinstance(expires_at, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    seconds = (moment - datetime.now(UTC)).total_seconds()
+    return seconds if seconds > 0 else None
 
 
 billing_plugin = BillingPlugin()

@@ -36,6 +36,8 @@ class Event(StrEnum):
     RELEASED = "released"  # a hold released after the call failed
     RELEASE_FAILED = "release_failed"  # the release could not be sent: the hold expires by TTL instead
     ESTIMATE_FALLBACK = "estimate_fallback"  # no price known: BILLING_HOLD_DEFAULT_USD was used
+    RENEWED = "renewed"  # a streaming call's hold extended
+    RENEW_FAILED = "renew_failed"  # a renewal that could not be sent or was refused
 
 
 class Counters:

@@ -19,7 +19,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, kw_only=True)
 class PluginSettings:
     billing_url: str  # the service's base URL, e.g. http://web:8000
-    token: str  # BILLING_INGEST_TOKEN: the internal API's bearer token
+    token: str  # BILLING_AUTHORIZE_TOKEN: the service's token for authorize/release/renew, nothing else
     timeout_seconds: float  # whole authorize/release request, connect included
     on_unavailable: OnUnavailable
     default_hold_usd: Decimal  # the estimate when LiteLLM knows no price for the model
@@ -34,9 +34,10 @@ class PluginSettings:
         billing_url = env.get("BILLING_URL", "").strip().rstrip("/")
         if not billing_url.startswith(("http://", "https://")):
             raise SettingsError("BILLING_URL must be the billing service's http(s) base URL, e.g. http://web:8000")
-        token = env.get("BILLING_INGEST_TOKEN", "").strip()
+        # BILLING_INGEST_TOKEN is read only as the fallback of a service that has no scoped tokens yet.
+        token = env.get("BILLING_AUTHORIZE_TOKEN", "").strip() or env.get("BILLING_INGEST_TOKEN", "").strip()
         if not token:
-            raise SettingsError("BILLING_INGEST_TOKEN is required (the billing service's internal API token)")
+            raise SettingsError("BILLING_AUTHORIZE_TOKEN is required (the billing service's authorize token)")
         try:
             timeout = float(env.get("BILLING_PLUGIN_TIMEOUT_SECONDS", "1.0"))
         except ValueError as exc:

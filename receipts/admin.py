@@ -319,7 +319,13 @@ class IngestBatchAdmin(ReadOnlyMixin, admin.ModelAdmin):
 
     @admin.display(description="stored body (zstd)")
     def stored_body_bytes(self, batch: IngestBatch) -> str:
-        return f"{len(batch.body or b'')} bytes compressed, {batch.body_bytes} received"
+        if batch.body_purged_at:
+            return (
+                f"purged {batch.body_purged_at:%Y-%m-%d} (BILLING_DELIVERY_RETENTION_DAYS); {batch.body_bytes} received"
+            )
+        if not batch.body:
+            return f"not stored (the body was unusable); {batch.body_bytes} received"
+        return f"{len(batch.body)} bytes compressed (billing fields only), {batch.body_bytes} received"
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         # The reprocess action needs it; a delivery itself is never edited.

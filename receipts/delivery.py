@@ -51,6 +51,8 @@ def _lines(text: bytes) -> list[bytes]:
 
 
 def _single(text: bytes) -> bytes:
+    if text[:1] != b"{":
+        raise BodyError(_not_an_object(text))
     try:
         _ONE.decode(text)
     except msgspec.DecodeError as exc:
@@ -63,10 +65,19 @@ def _single(text: bytes) -> bytes:
             raise BodyError(f"body is not valid JSON: {exc}") from exc
     except RecursionError:
         pass  # syntactically a record, too deep to build: judged (and kept) as an invalid record
-    if text[:1] != b"{":
-        kind = type(msgspec.json.decode(text)).__name__ if len(text) < 4096 else "value"
-        raise BodyError(f"body must be a JSON array, a JSON object or NDJSON, got a JSON {kind}")
     return text
+
+
+def _not_an_object(text: bytes) -> str:
+    """The 400 message of a body that is no object (never raises: NaN, lone surrogates, garbage)."""
+    try:
+        _ONE.decode(text)
+    except msgspec.DecodeError as exc:
+        return f"body is not valid JSON: {exc}"
+    except RecursionError:
+        return "body is not valid JSON: it nests too deep"
+    kind = type(json.loads(text)).__name__ if len(text) < 4096 else "value"
+    return f"body must be a JSON array, a JSON object or NDJSON, got a JSON {kind}"
 
 
 def _one_value(text: bytes) -> bool:

@@ -15,6 +15,11 @@ zero_cost_suspect_total = Counter(
     "billing_zero_cost_suspect_total",
     "Successful calls billed at 0 although LiteLLM's model map lists non-zero prices",
 )
+call_id_reused_total = Counter(
+    "billing_call_id_reused_total",
+    "Calls billed as their own receipt although another call had already used their litellm_call_id "
+    "(the client chose it with x-litellm-call-id)",
+)
 invariant_violation_total = Counter(
     "billing_invariant_violation_total",
     "Records or books that broke a billing invariant",

@@ -4,11 +4,13 @@ from django.db.models.functions import Coalesce
 
 from accounts.models import PayerSource
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
+from billing_project.text_rules import CALL_ID_MAX_LENGTH
 
-CALL_ID_MAX_LENGTH = 255
 RUN_ID_MAX_LENGTH = 255
-# "{run_id}/{attempt}/{litellm_call_id}" with an attempt of at most 10 digits: always fits, never cut.
-SOURCE_REFERENCE_MAX_LENGTH = RUN_ID_MAX_LENGTH + 1 + 10 + 1 + CALL_ID_MAX_LENGTH
+# "{run_id}/{attempt}/{litellm_call_id}" with an attempt of at most 10 digits, plus "~" and a 16-digit
+# fingerprint for a call that reused another's call id (receipts.usage.UsageFact.reused_call_reference):
+# always fits, never cut.
+SOURCE_REFERENCE_MAX_LENGTH = RUN_ID_MAX_LENGTH + 1 + 10 + 1 + CALL_ID_MAX_LENGTH + 1 + 16
 
 
 class ChargeReceipt(models.Model):
@@ -46,6 +48,9 @@ class ChargeReceipt(models.Model):
     credits_per_usd = models.DecimalField(max_digits=30, decimal_places=10)
     markup = models.DecimalField(max_digits=20, decimal_places=10)
     zero_cost_suspect = models.BooleanField(default=False)
+    # BILLING_UNPRICED_CALLS=charge_hold: LiteLLM sent no cost, so the call was charged its hold's estimate
+    # (cost_usd); a cost learnt later is corrected by an `adjustment` entry (receipts.services.billing).
+    provisional_cost = models.BooleanField(default=False)
     end_user = models.CharField(max_length=255)
     api_key_hash = models.CharField(max_length=255, blank=True, default="")
     api_key_alias = models.CharField(max_length=255, blank=True, default="")
@@ -189,8 +194,11 @@ class IngestBatch(models.Model):
         FAILED = "failed", "Failed (see error and traceback)"
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
-    # The body exactly as received, zstd-compressed (receipts.services.ingest).
+    # Each record's billing fields as a JSON array, zstd-compressed (receipts.redaction: never prompts,
+    # completions, e-mail or IP); null when the body was unusable, or purged after
+    # BILLING_DELIVERY_RETENTION_DAYS (receipts and deferrals keep everything they need to explain themselves).
     body = models.BinaryField(null=True, blank=True, editable=False)
+    body_purged_at = models.DateTimeField(null=True, blank=True)
     headers = models.JSONField(default=dict, blank=True)
     traceback = models.TextField(blank=True, default="")
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)

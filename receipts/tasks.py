@@ -18,11 +18,19 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
+from django.utils import timezone
 
 from receipts import metrics
 from receipts.models import DeferredUsage
 from receipts.selectors import deferred_open_counts
-from receipts.services import claim_due_deferred_usage, make_payer_deferrals_due, retry_deferred_usage
+from receipts.services import (
+    claim_due_deferred_usage,
+    make_payer_deferrals_due,
+    retry_deferred_usage,
+)
+from receipts.services import (
+    purge_delivery_bodies as purge_bodies,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,3 +117,15 @@ def sweep_deferred_usage(self: Any) -> int:
     if ids:
         logger.info("deferred usage sweep: %d record(s) due", len(ids))
     return len(ids)
+
+
+@shared_task(bind=True, max_retries=3)
+def purge_delivery_bodies(self: Any) -> int:
+    """Drop stored delivery bodies past BILLING_DELIVERY_RETENTION_DAYS (the beat schedule runs this hourly)."""
+    try:
+        purged = purge_bodies(now=timezone.now())
+    except (OperationalError, InterfaceError) as exc:
+        raise self.retry(exc=exc, countdown=_DB_RETRY_COUNTDOWN_SECONDS) from exc
+    if purged:
+        logger.info("delivery bodies: %d purged (older than BILLING_DELIVERY_RETENTION_DAYS)", purged)
+    return purged

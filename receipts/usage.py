@@ -10,6 +10,7 @@ NUL, every number bounded, credits computed and range-checked. A record that
 fails is `invalid`, named by field, never truncated, never a 500.
 """
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -21,10 +22,15 @@ import msgspec
 from msgspec import Raw, Struct
 
 from accounts.money import current_charge_rate, fits_bigint, fits_cost_column
+from billing_project.text_rules import call_id_problem, control_character_problem
 from receipts.exactjson import dumps_exact
 from receipts.models import ChargeReceipt
 
 SOURCE_SYSTEM = "litellm"
+# The header older LiteLLM versions leave in metadata.requester_custom_headers for the end user.
+END_USER_HEADER = "x-litellm-end-user-id"
+# Between a call's source reference and the fingerprint of a second call that reused its call id.
+REUSED_CALL_SEPARATOR = "~"
 # No call has this many tokens; bounding them keeps every sum inside bigint.
 MAX_TOKENS = 10**12
 _MAX_ATTEMPT = 2**31 - 1
@@ -33,7 +39,6 @@ _MAX_DETAIL = 300
 _JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]{0,39})(?:\.[0-9]{1,60})?(?:[eE][+-]?[0-9]{1,4})?")
 _EMPTY_JSON = re.compile(rb'\s*(?:|null|\{\s*\}|"")\s*')
 _FIELD_PATH = re.compile(r"at `\$\.?([^`]*)`")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _max_length(name: str) -> int:
@@ -143,6 +148,8 @@ class UsageFact:
     started_at: datetime | None
     ended_at: datetime | None
     explicit_run_id: str = ""
+    # The cost is the call's hold estimate, not LiteLLM's (BILLING_UNPRICED_CALLS=charge_hold).
+    provisional_cost: bool = False
     cost_breakdown: dict[str, Any] | None = None
     ingest_batch_id: int | None = None
     batch_position: int | None = None
@@ -151,6 +158,39 @@ class UsageFact:
     @property
     def source_reference(self) -> str:
         return source_reference(run_id=self.run_id, attempt=self.attempt, litellm_call_id=self.litellm_call_id)
+
+    @property
+    def reused_call_reference(self) -> str:
+        """The reference of this call when another call already holds its call id (A_SERVED_CALL_IS_BILLED).
+
+        Clients choose call ids (`x-litellm-call-id`), so two calls can share one. The second is billed under
+        "{source_reference}~{fingerprint}": stable, so its own re-delivery is still a duplicate.
+        """
+        identity = "\x1f".join(
+            (
+                self.request_id,
+                self.api_key_hash,
+                str(self.prompt_tokens),
+                str(self.completion_tokens),
+                str(self.cost_usd),
+            )
+        )
+        return f"{self.source_reference}{REUSED_CALL_SEPARATOR}{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+    def is_same_call(self, *, request_id: str, api_key_hash: str, prompt_tokens: int, completion_tokens: int) -> bool:
+        """Whether a receipt or deferral of this call id (with these values) records this very call.
+
+        Compared on what a re-delivery, a late callback and a spend-log backfill all carry alike: the
+        response id (when both have a real one), the key, the tokens. A different call (another response,
+        key or token count) under the same call id is a new charge, never a duplicate.
+        """
+        ids = {self.request_id, request_id} - {"", self.litellm_call_id}
+        return (
+            len(ids) <= 1
+            and (not self.api_key_hash or not api_key_hash or self.api_key_hash == api_key_hash)
+            and self.prompt_tokens == prompt_tokens
+            and self.completion_tokens == completion_tokens
+        )
 
 
 @dataclass(frozen=True)
@@ -281,7 +321,7 @@ def _run_and_attempt(spend: dict[str, Raw], litellm_call_id: str) -> tuple[str, 
         run_id = str(run_id)
     if run_id is None or run_id == "":
         return litellm_call_id, _attempt(spend), ""
-    if _CONTROL.search(run_id) or len(run_id) > _LIMITS["run_id"]:
+    if control_character_problem(run_id) or len(run_id) > _LIMITS["run_id"]:
         raise _Invalid(
             "metadata.spend_logs_metadata.run_id",
             f"`run_id` must be printable and at most {_LIMITS['run_id']} characters",
@@ -312,7 +352,7 @@ def _end_user(record: _Record, metadata: _Metadata) -> str:
         return _text(record.end_user, "end_user")
     candidates = []
     for name, value in (metadata.requester_custom_headers or {}).items():
-        if name.lower() == "x-litellm-end-user-id":
+        if name.lower() == END_USER_HEADER:
             candidates.append(value)
     candidates.append(metadata.user_api_key_end_user_id)
     for raw in candidates:
@@ -367,7 +407,8 @@ def _call_id_of_invalid(raw: bytes) -> str:
         value = _HEADER.decode(bytes(_CALL_ID_ONLY.decode(raw).litellm_call_id) or b"null")
     except (msgspec.DecodeError, RecursionError):
         return ""
-    if not value or "\x00" in value or "/" in value or len(value) > _LIMITS["litellm_call_id"]:
+    # Kept even when it is no valid call id (a "/" in it): staff search for what the caller sent.
+    if not value or "\x00" in value or len(value) > _LIMITS["litellm_call_id"]:
         return ""
     return value
 
@@ -392,7 +433,7 @@ def judge_usage_record(
         except msgspec.DecodeError:
             # Not strict JSON (NaN, Infinity, …): judge it as Python's json reads it, with those
             # constants as strings, so a NaN where money belongs is refused and one elsewhere is harmless.
-            strict = _strict_json(raw)
+            strict = strict_json(raw)
             if strict is None:
                 raise
             return _judge(strict, origin)
@@ -431,7 +472,7 @@ def judge_usage_record(
     )
 
 
-def _strict_json(raw: bytes) -> bytes | None:
+def strict_json(raw: bytes) -> bytes | None:
     try:
         value = json.loads(raw, parse_float=Decimal, parse_constant=str)
         return dumps_exact(value, for_jsonb=False).encode()
@@ -450,9 +491,12 @@ def parse_usage_record(record: Any) -> UsageFact | NotBillable:
 
 def _judge(raw: bytes, origin: dict[str, Any]) -> UsageFact | NotBillable:
     record = _RECORD.decode(raw)
-    call_id = _text(record.litellm_call_id, "litellm_call_id", required=True)
-    if "/" in call_id:
-        raise _Invalid("litellm_call_id", "`litellm_call_id` must not contain '/'")
+    if not record.litellm_call_id:
+        raise _Invalid("litellm_call_id", "`litellm_call_id` is required", reason="missing_litellm_call_id")
+    call_id = record.litellm_call_id
+    problem = call_id_problem(call_id)
+    if problem:
+        raise _Invalid("litellm_call_id", f"`litellm_call_id` {problem}")
     metadata = record.metadata or _Metadata()
     run_id, attempt, explicit_run_id = _run_and_attempt(_spend_logs_metadata(metadata), call_id)
     status = record.status or "success"

@@ -8,10 +8,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
-from billing_project.api import InternalTokenAuthentication, IsInternalService, error_responses
+from billing_project.api import (
+    AuthorizeTokenAuthentication,
+    IngestTokenAuthentication,
+    IsInternalService,
+    error_responses,
+    valid_call_id,
+)
 from billing_project.http import RequestBodyError, read_request_body
 from receipts.delivery import BodyError
-from receipts.models import ChargeReceipt
 from receipts.notify import waiter
 from receipts.selectors import open_deferral_for_call, receipt_for_call
 from receipts.services import ingest_delivery
@@ -34,7 +39,7 @@ def _error(message: str, http_status: int, **extra: object) -> Response:
 class UsageIngestApi(APIView):
     """LiteLLM `generic_api` callback: a batch of StandardLoggingPayload records."""
 
-    authentication_classes = [InternalTokenAuthentication]
+    authentication_classes = [IngestTokenAuthentication]
     permission_classes = [IsInternalService]
     parser_classes: list = []  # the body is read raw: money is parsed as Decimal from its text
 
@@ -122,16 +127,14 @@ class ReceiptOutputSerializer(serializers.Serializer):
 class ReceiptDetailApi(APIView):
     """For executors: has this call been billed? Long-polls up to `wait_ms`."""
 
-    authentication_classes = [InternalTokenAuthentication]
+    authentication_classes = [AuthorizeTokenAuthentication]
     permission_classes = [IsInternalService]
 
     @extend_schema_serializer(component_name="ReceiptWaitParameters")
     class InputSerializer(serializers.Serializer):
         wait_ms = serializers.IntegerField(required=False, default=0, min_value=0)
-        # From the path. CharField refuses NUL and lone surrogates; the length is the column's.
-        litellm_call_id = serializers.CharField(
-            max_length=ChargeReceipt._meta.get_field("litellm_call_id").max_length, trim_whitespace=False
-        )
+        # From the path: the one call-id rule (billing_project.text_rules), as authorize and ingest apply it.
+        litellm_call_id = serializers.CharField(trim_whitespace=False, validators=[valid_call_id])
 
     @extend_schema(
         parameters=[OpenApiParameter("wait_ms", int, description="Wait up to this long for the receipt (bounded).")],

@@ -73,7 +73,8 @@ def reconcile(
                         client.close()
             with timer("books"):
                 check_books(cursor, window, account)
-            if apply and not report.errors:
+            # Backfill heals what LiteLLM's spend logs show missing: nothing to heal without them.
+            if apply and include_litellm and not report.errors:
                 with timer("backfill"):
                     report.backfill = backfill(cursor)
             with timer("collect"):

@@ -7,7 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import BINDING_VALUE_MAX_LENGTH
-from billing_project.api import ErrorSerializer, InternalTokenAuthentication, IsInternalService, error_responses
+from billing_project.api import AdminApiTokenAuthentication, ErrorSerializer, IsInternalService, error_responses
 from integrations.litellm.client import LiteLLMError, LiteLLMUnavailable
 from reconciliation.runs import RunNotFound, reconcile_run
 from reconciliation.window import ReconcileInputError
@@ -16,7 +16,7 @@ from reconciliation.window import ReconcileInputError
 class RunReconcileApi(APIView):
     """Reconcile one run: read its calls from LiteLLM's spend logs, backfill missing receipts, report the rest."""
 
-    authentication_classes = [InternalTokenAuthentication]
+    authentication_classes = [AdminApiTokenAuthentication]
     permission_classes = [IsInternalService]
 
     @extend_schema_serializer(component_name="RunReconcileRequest")

@@ -9,6 +9,7 @@ from tests.factories import BillingAccountFactory, EndUserAliasFactory, UserFact
 from tests.gunicorn_server import Service, django_database_url, running_service
 from tests.litellm_proxy import StubProvider, running_stub_provider
 from tests.stub_billing import StubBilling
+from tests.tokens import token_for
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -25,12 +26,18 @@ def ingest_token() -> str:
     return settings.BILLING_INGEST_TOKEN
 
 
+class ScopedAPIClient(APIClient):
+    """Sends each internal request with the token of its endpoint's scope, as the real callers do."""
+
+    def generic(self, method, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.setdefault("HTTP_AUTHORIZATION", f"Bearer {token_for(path)}")
+        return super().generic(method, path, *args, **kwargs)
+
+
 @pytest.fixture
-def internal_client(ingest_token: str) -> APIClient:
-    """A client of the internal API, authenticated like LiteLLM's generic_api logger."""
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {ingest_token}")
-    return client
+def internal_client() -> APIClient:
+    """A client of the internal API: LiteLLM's callback token for ingest, the plugin's for authorize, …"""
+    return ScopedAPIClient()
 
 
 @pytest.fixture

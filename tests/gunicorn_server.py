@@ -18,6 +18,7 @@ import httpx
 from django.db import connection
 
 from tests.processes import ROOT, RunningProcess, free_port, serving, wait_ready
+from tests.tokens import token_for
 
 START_DEADLINE_S = 60.0
 
@@ -69,11 +70,17 @@ class Service(RunningProcess):
         return [int(p) for p in text.split()]
 
     def client(self, timeout: float = 60.0) -> httpx.Client:
+        """A client that sends each request with its endpoint's scoped token (tests/tokens.py)."""
+
+        def scoped(request: httpx.Request) -> None:
+            request.headers.setdefault("Authorization", f"Bearer {token_for(request.url.path)}")
+
         return httpx.Client(
             base_url=self.base_url,
             timeout=timeout,
             trust_env=False,
-            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+            headers={"Content-Type": "application/json"},
+            event_hooks={"request": [scoped]},
         )
 
     def wait_workers(self, count: int, deadline_s: float = START_DEADLINE_S) -> list[int]:

@@ -123,7 +123,7 @@ def plugin_env(billing_url: str, token: str, *, on_unavailable: str, timeout_s: 
     """The proxy environment of the billing plugin (litellm_billing_plugin.settings)."""
     return {
         "BILLING_URL": billing_url,
-        "BILLING_INGEST_TOKEN": token,
+        "BILLING_AUTHORIZE_TOKEN": token,
         "BILLING_PLUGIN_TIMEOUT_SECONDS": str(timeout_s),
         "BILLING_PLUGIN_ON_UNAVAILABLE": on_unavailable,
     }
@@ -176,7 +176,8 @@ def running_litellm_proxy(
 
 @dataclass
 class StubProvider(RunningProcess):
-    """tests/stub_openai_server.py: `api_base` for working deployments, `failing_api_base` for a 500."""
+    """tests/stub_openai_server.py: `api_base` for working deployments, `failing_api_base` for a 500,
+    `slow_api_base` for a long stream."""
 
     @property
     def api_base(self) -> str:
@@ -185,6 +186,11 @@ class StubProvider(RunningProcess):
     @property
     def failing_api_base(self) -> str:
         return f"{self.base_url}/fail/v1"
+
+    @property
+    def slow_api_base(self) -> str:
+        """Streams its answer over a few seconds (SLOW_CHUNKS × SLOW_CHUNK_SECONDS in the stub)."""
+        return f"{self.base_url}/slow/v1"
 
     def stats(self) -> dict[str, int]:
         return httpx.get(f"{self.base_url}/_stats", timeout=5.0, trust_env=False).json()

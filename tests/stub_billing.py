@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -50,6 +51,8 @@ class StubBilling:
     token: str = field(default_factory=new_token)
     answer: Callable[[Recorded], tuple[int, dict[str, Any]]] = allow
     hang_seconds: float = 0.0
+    # The lifetime of a renewed hold.
+    hold_seconds: float = 600.0
     requests: list[Recorded] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -69,11 +72,15 @@ class StubBilling:
 
     def authorizations(self) -> list[Recorded]:
         with self._lock:
-            return [r for r in self.requests if r.method == "POST"]
+            return [r for r in self.requests if r.method == "POST" and r.path == AUTHORIZE_PATH]
 
     def releases(self) -> list[Recorded]:
         with self._lock:
             return [r for r in self.requests if r.method == "DELETE"]
+
+    def renewals(self) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if r.method == "POST" and r.path.endswith("/renew")]
 
     def _handle(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
@@ -95,6 +102,9 @@ class StubBilling:
             status, body = 204, {}
         elif method == "POST" and request.path == AUTHORIZE_PATH:
             status, body = answer(request)
+        elif method == "POST" and request.path.startswith(AUTHORIZE_PATH + "/") and request.path.endswith("/renew"):
+            expires = datetime.now(UTC) + timedelta(seconds=self.hold_seconds)
+            status, body = 200, {"hold_id": str(uuid.uuid4()), "expires_at": expires.isoformat()}
         else:
             status, body = 404, {"error": "not found"}
         data = json.dumps(body).encode() if status != 204 else b""

@@ -28,6 +28,9 @@ if _litellm is not None and _litellm.origin is not None:
 import tiktoken  # noqa: E402 - after TIKTOKEN_CACHE_DIR is set
 
 COMPLETION_TOKENS = 200
+# /slow/: a stream that lasts SLOW_CHUNKS × SLOW_CHUNK_SECONDS.
+SLOW_CHUNKS = 8
+SLOW_CHUNK_SECONDS = 0.5
 ENCODING = tiktoken.get_encoding("o200k_base")
 _lock = threading.Lock()
 _counts = {"ok": 0, "fail": 0}
@@ -64,6 +67,38 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _stream_slowly(self, body: dict) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        created, chunk_id = int(time.time()), f"chatcmpl-slow-{time.time_ns()}"
+
+        def event(delta: dict, finish: str | None, usage: dict | None = None) -> None:
+            chunk = {
+                "id": chunk_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": body.get("model", "gpt-4o-mini"),
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            if usage is not None:
+                chunk["usage"] = usage
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+
+        for _ in range(SLOW_CHUNKS):
+            event({"role": "assistant", "content": "ok "}, None)
+            time.sleep(SLOW_CHUNK_SECONDS)
+        prompt = prompt_tokens(body.get("messages") or [])
+        event(
+            {},
+            "stop",
+            {"prompt_tokens": prompt, "completion_tokens": SLOW_CHUNKS, "total_tokens": prompt + SLOW_CHUNKS},
+        )
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+        self.close_connection = True
+
     def do_GET(self) -> None:
         if self.path == "/_stats":
             with _lock:
@@ -81,6 +116,11 @@ class Handler(BaseHTTPRequestHandler):
             with _lock:
                 _counts["fail"] += 1
             self._send(500, {"error": {"message": "stub provider failure", "type": "server_error", "code": None}})
+        elif self.path == "/slow/v1/chat/completions":
+            # A long stream: SLOW_CHUNKS chunks, SLOW_CHUNK_SECONDS apart (a provider that takes its time).
+            with _lock:
+                _counts["ok"] += 1
+            self._stream_slowly(body)
         elif self.path == "/v1/chat/completions":
             with _lock:
                 _counts["ok"] += 1

@@ -305,9 +305,10 @@ def deferred(account: BillingAccount, internal_client: Any) -> dict[str, Deferre
             litellm_record(cost="missing"),
         ],
     )
+    # Deferrals are inserted in key order (no deadlocks), not delivery order: tell them apart by cost.
     return {
-        "stranger": DeferredUsage.objects.filter(end_user="stranger").order_by("id").first(),
-        "stranger2": DeferredUsage.objects.filter(end_user="stranger").order_by("id").last(),
+        "stranger": DeferredUsage.objects.get(end_user="stranger", fact__cost_usd="0.000300"),
+        "stranger2": DeferredUsage.objects.get(end_user="stranger", fact__cost_usd="0.000200"),
         "no_cost": DeferredUsage.objects.get(reason=DeferredUsage.Reason.UNKNOWN_COST),
     }
 

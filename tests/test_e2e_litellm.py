@@ -13,7 +13,6 @@ model points at a port that is bound but never listens (connection refused).
 """
 
 import json
-import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from tests.litellm_proxy import (
     running_litellm_proxy,
 )
 from tests.processes import wait_until
+from tests.tokens import auth_header
 
 pytestmark = pytest.mark.e2e
 
@@ -174,7 +174,7 @@ def test_calls_through_the_real_proxy_are_billed_exactly_once(
 
     assert len({c.call_id for c in calls} | {failed_call_id}) == 4
 
-    internal = {"Authorization": f"Bearer {os.environ['BILLING_INGEST_TOKEN']}"}
+    internal = auth_header("/api/internal/billing/receipts/")
     with httpx.Client(base_url=live_service.base_url, headers=internal, timeout=60.0, trust_env=False) as service:
         for call in calls:
             response = service.get(

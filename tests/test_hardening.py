@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.handlers.wsgi import WSGIRequest
 from django.test import Client, override_settings
 from hypothesis import given
@@ -28,6 +29,7 @@ from billing_project.http import (
     read_request_body,
 )
 from tests.factories import UserFactory
+from tests.tokens import auth_header
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDITS = "/api/internal/billing/credits"
@@ -49,15 +51,17 @@ def test_internal_pages_refuse_without_the_token(client: Client, path: str) -> N
 
 
 @pytest.mark.django_db
-def test_metrics_with_the_token(client: Client, ingest_token: str) -> None:
-    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {ingest_token}")
+def test_metrics_with_the_token(client: Client) -> None:
+    response = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {settings.BILLING_METRICS_TOKEN}")
     assert response.status_code == 200
     assert b"django_http_requests" in response.content
 
 
 @pytest.mark.django_db
-def test_schema_with_the_token(client: Client, ingest_token: str) -> None:
-    response = client.get("/api/schema/", HTTP_ACCEPT="application/json", HTTP_AUTHORIZATION=f"Bearer {ingest_token}")
+def test_schema_with_the_token(client: Client) -> None:
+    response = client.get(
+        "/api/schema/", HTTP_ACCEPT="application/json", HTTP_AUTHORIZATION=f"Bearer {settings.BILLING_METRICS_TOKEN}"
+    )
     assert response.status_code == 200
     assert "/api/internal/billing/ingest" in response.json()["paths"]
 
@@ -117,14 +121,15 @@ def test_check_deploy_warns_when_the_production_settings_are_turned_off() -> Non
 
 
 @pytest.mark.django_db
-def test_https_redirect_spares_the_internal_paths(ingest_token: str) -> None:
+def test_https_redirect_spares_the_internal_paths() -> None:
     with override_settings(SECURE_SSL_REDIRECT=True):
-        client = Client(HTTP_AUTHORIZATION=f"Bearer {ingest_token}")  # middleware is built with these settings
+        client = Client()  # middleware is built with these settings
         login = client.get("/accounts/login/")
         assert login.status_code == 301 and login["Location"].startswith("https://")
         assert client.get("/healthz").status_code == 200
-        assert client.get("/metrics").status_code == 200
-        assert client.get(RECEIPT.format("no-such-call")).status_code == 404
+        assert client.get("/metrics", headers=auth_header("/metrics")).status_code == 200
+        receipt = RECEIPT.format("no-such-call")
+        assert client.get(receipt, headers=auth_header(receipt)).status_code == 404
 
 
 @pytest.mark.django_db

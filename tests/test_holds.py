@@ -124,6 +124,8 @@ def test_holds_add_up_and_the_one_that_does_not_fit_is_402(internal_client: APIC
     assert response.json() == {
         "allowed": False,
         "reason": "insufficient_credits",
+        "message": "This account's prepaid credit is too low for this call: $0.004 available, "
+        "this call needs up to $0.0045.",
         "available_credits": 4_000,
         "required_credits": 4_500,
     }
@@ -159,7 +161,12 @@ def test_unknown_payer_is_refused_by_default(internal_client: APIClient, db: Non
     response = authorize(internal_client, body(None, estimated_cost_usd="0.002"))
 
     assert response.status_code == 402
-    assert response.json() == {"allowed": False, "reason": "unknown_payer", "required_credits": 2_000}
+    assert response.json() == {
+        "allowed": False,
+        "reason": "unknown_payer",
+        "message": "No billing account pays for this API key yet: the operator must bind it to an account.",
+        "required_credits": 2_000,
+    }
     assert not CreditHold.objects.exists()
 
 
@@ -273,8 +280,9 @@ def test_release_frees_the_hold_once(internal_client: APIClient, key: ApiKeyBind
     again = internal_client.delete(f"{AUTHORIZE}/{payload['litellm_call_id']}")
     assert again.status_code == 404 and again.json()["field"] == "litellm_call_id"
     assert internal_client.delete(f"{AUTHORIZE}/never-held").status_code == 404
-    # A replayed authorize of a released call gets its original answer, and holds nothing again.
-    assert authorize(internal_client, payload).status_code == 200
+    # A released call id is spent: an authorize that repeats it is another call (409), and holds nothing.
+    replay = authorize(internal_client, payload)
+    assert replay.status_code == 409 and replay.json()["field"] == "litellm_call_id"
     assert available_credits(account=key.account) == 10_000
 
 

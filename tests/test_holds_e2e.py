@@ -6,6 +6,7 @@ usage records to the service's ingest endpoint, whose receipts settle the holds.
 `custom_auth` function (LiteLLM logs each key's sha256), each bound to its own account.
 """
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -82,7 +83,9 @@ def proxy(live_service: Service, provider: StubProvider, tmp_path: Path) -> Iter
         generic_api=["success", "failure"],
     )
     env = {
-        **plugin_env(live_service.base_url, live_service.token, on_unavailable="fail_closed", timeout_s=5),
+        **plugin_env(
+            live_service.base_url, os.environ["BILLING_AUTHORIZE_TOKEN"], on_unavailable="fail_closed", timeout_s=5
+        ),
         **generic_api_env(live_service.base_url, live_service.token),
     }
     with running_litellm_proxy(config, workdir=tmp_path / "litellm", env=env, teams=TEAMS) as running:

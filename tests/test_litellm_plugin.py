@@ -12,7 +12,9 @@ import hashlib
 import json
 import secrets
 import statistics
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -44,6 +46,7 @@ def proxy(
     config = proxy_config(
         provider_model("gpt-4o-mini", provider.api_base),
         provider_model("broken", provider.failing_api_base),
+        provider_model("slow", provider.slow_api_base),
         plugin=True,
     )
     env = plugin_env(billing.base_url, billing.token, on_unavailable="fail_closed", timeout_s=TIMEOUT_SECONDS)
@@ -113,6 +116,8 @@ def test_allowed_call_goes_through_with_its_call_id_key_team_end_user_and_run(
         "run_id": "run-42",
         "model": "gpt-4o-mini",
         "estimated_cost_usd": body["estimated_cost_usd"],
+        "priced": True,  # LiteLLM knows gpt-4o-mini's price
+        "deadline_ms": int(TIMEOUT_SECONDS * 900),  # the service holds nothing once the plugin stopped waiting
     }
     assert Decimal(body["estimated_cost_usd"]) > 0
     assert "e" not in body["estimated_cost_usd"].lower()  # positional decimal text, never 1.5E-7
@@ -227,3 +232,54 @@ def test_estimate_is_never_below_the_real_cost(client: httpx.Client, billing: St
     median = statistics.median(ratios)
     print(f"\nestimate/actual over {len(ratios)} calls: median {median:.4f}, " + ", ".join(f"{r:.3f}" for r in ratios))
     assert median >= 1
+
+
+def test_a_long_stream_renews_its_hold_while_it_runs(client: httpx.Client, billing: StubBilling) -> None:
+    """A hold of 1.5 s and a stream of 4 s: the plugin renews it every third of its lifetime (0.5 s), from
+    inside the proxy's stream, so the reservation outlives the call (HOLDS_NEVER_OVERSPEND)."""
+
+    def short_hold(request: Recorded) -> tuple[int, dict[str, Any]]:
+        status, body = allow(request)
+        return status, {**body, "expires_at": (datetime.now(UTC) + timedelta(seconds=1.5)).isoformat()}
+
+    billing.reset(answer=short_hold)
+    billing.hold_seconds = 1.5
+    started = time.monotonic()
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": "slow", "messages": [{"role": "user", "content": "Tell a long story."}], "stream": True},
+        headers={"Authorization": f"Bearer {KEY_ALPHA}"},
+    ) as response:
+        assert response.status_code == 200
+        call_id = response.headers["x-litellm-call-id"]
+        chunks = [line for line in response.iter_lines() if line.startswith("data: {")]
+    assert time.monotonic() - started >= 3.5 and len(chunks) >= 8
+    renewals = [r for r in billing.renewals() if call_id in r.path]
+    assert len(renewals) >= 4, [r.path for r in billing.requests]
+    assert all(r.headers["authorization"] == f"Bearer {billing.token}" for r in renewals)
+    # A short call renews nothing.
+    billing.requests.clear()
+    assert chat(client, max_tokens=5).status_code == 200
+    assert billing.renewals() == []
+
+
+def test_a_client_chosen_call_id_is_refused_before_the_model(
+    client: httpx.Client, billing: StubBilling, provider: StubProvider
+) -> None:
+    response = chat(client, headers={"x-litellm-call-id": "reused-by-a-client"})
+    assert response.status_code == 400, response.text
+    assert "x-litellm-call-id" in response.json()["error"]["message"]
+    assert billing.authorizations() == [] and provider.stats() == {"ok": 0, "fail": 0}
+
+
+def test_a_reused_call_id_answered_409_is_relayed(
+    client: httpx.Client, billing: StubBilling, provider: StubProvider
+) -> None:
+    billing.reset(
+        answer=lambda request: (409, {"error": "litellm_call_id was already used", "field": "litellm_call_id"})
+    )
+    response = chat(client)
+    assert response.status_code == 409, response.text
+    assert "already used" in response.json()["error"]["message"]
+    assert provider.stats() == {"ok": 0, "fail": 0}

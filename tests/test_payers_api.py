@@ -202,7 +202,7 @@ def test_a_raw_key_litellm_would_log_unhashed_is_refused(
 
 def test_openapi_documents_the_binding_apis(client: Client) -> None:
     schema = client.get(
-        "/api/schema/", HTTP_ACCEPT="application/json", HTTP_AUTHORIZATION=f"Bearer {settings.BILLING_INGEST_TOKEN}"
+        "/api/schema/", HTTP_ACCEPT="application/json", HTTP_AUTHORIZATION=f"Bearer {settings.BILLING_METRICS_TOKEN}"
     ).json()
     for component in (
         "RunRegistrationRequest",

@@ -4,6 +4,7 @@ import threading
 import time
 
 import pytest
+from django.conf import settings
 from django.db import connections
 from django.test import Client
 
@@ -61,7 +62,7 @@ def test_long_poll_wakes_when_the_receipt_lands(account, ingest_token: str) -> N
 
     def wait_for_receipt() -> None:
         try:
-            client = Client(HTTP_AUTHORIZATION=f"Bearer {ingest_token}")
+            client = Client(HTTP_AUTHORIZATION=f"Bearer {settings.BILLING_AUTHORIZE_TOKEN}")
             started = time.monotonic()
             response = client.get(URL.format(call_id) + "?wait_ms=20000")
             outcome.update(status=response.status_code, body=response.json(), seconds=time.monotonic() - started)

@@ -299,10 +299,17 @@ def test_apply_backfills_missing_receipts_and_a_second_run_is_clean(standin, acc
     code, report, _ = reconcile()
     assert code == 0 and found(report) == {}
 
-    # The lost callback finally arrives: a duplicate, never a second debit.
+    # The lost callback finally arrives (with the key and tokens its spend-log row has): a duplicate, never a
+    # second debit.
     late = litellm_record(
-        call_id=plain["litellm_call_id"], cost=Decimal("0.000123"), id=plain["request_id"], startTime=_epoch(CALL_TIME)
+        call_id=plain["litellm_call_id"],
+        cost=Decimal("0.000123"),
+        id=plain["request_id"],
+        startTime=_epoch(CALL_TIME),
+        prompt_tokens=plain["prompt_tokens"],
+        completion_tokens=plain["completion_tokens"],
     )
+    late["metadata"]["user_api_key_hash"] = plain["api_key"]
     assert ingest_usage_records(records=[late]).duplicates == 1
     assert ChargeReceipt.objects.filter(litellm_call_id=plain["litellm_call_id"]).count() == 1
     assert BillingAccount.objects.get(pk=account.pk).balance_credits == ledger_sum(account=account)
@@ -355,7 +362,15 @@ def test_unknown_cost_deferral_is_reported_but_never_backfilled_at_zero(standin,
 def test_apply_bills_a_deferred_unknown_cost_once_litellm_has_the_cost(standin, account):
     record = litellm_record(cost=None, startTime=_epoch(CALL_TIME))
     ingest_usage_records(records=[record])
-    lost_call(standin, litellm_call_id=record["litellm_call_id"], request_id=record["id"], spend=Decimal("0.000042"))
+    lost_call(
+        standin,
+        litellm_call_id=record["litellm_call_id"],
+        request_id=record["id"],
+        spend=Decimal("0.000042"),
+        prompt_tokens=record["prompt_tokens"],
+        completion_tokens=record["completion_tokens"],
+        api_key=record["metadata"]["user_api_key_hash"],
+    )
 
     code, report, _ = reconcile("--apply")
 

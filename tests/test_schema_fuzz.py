@@ -20,15 +20,14 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from billing_project.wsgi import application
+from tests.tokens import auth_header
 
 EXAMPLES = int(os.environ.get("SCHEMA_FUZZ_EXAMPLES", "25"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-# The token is sent for the schema too (it may sit behind it, issue 8); tests.plugins.environment sets it.
-AUTH = {"Authorization": f"Bearer {os.environ['BILLING_INGEST_TOKEN']}"}
-
-schema = schemathesis.openapi.from_wsgi("/api/schema/?format=json", application, headers=AUTH).include(
-    path_regex="^/api/internal/"
-)
+# The schema sits behind the metrics token (issue 8); each operation gets its own scope's token.
+schema = schemathesis.openapi.from_wsgi(
+    "/api/schema/?format=json", application, headers=auth_header("/api/schema/")
+).include(path_regex="^/api/internal/")
 
 
 @pytest.fixture(autouse=True)
@@ -51,5 +50,6 @@ def _keep_the_test_connection():
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_internal_api_conforms_to_its_schema(case, account) -> None:
-    case.headers = {**(case.headers or {}), **AUTH}  # always the real token: auth itself is not under test here
+    # Always the endpoint's real token: auth itself is not under test here (tests/test_tokens.py is).
+    case.headers = {**(case.headers or {}), **auth_header(case.path)}
     case.call_and_validate(checks=CHECKS)

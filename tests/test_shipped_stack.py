@@ -20,10 +20,12 @@ import httpx
 import pytest
 import yaml
 
+from billing_project.scopes import SCOPE_SETTINGS
 from receipts.models import ChargeReceipt
 from tests.factories import BillingAccountFactory, EndUserAliasFactory, litellm_record, to_body
 from tests.gunicorn_server import Service, django_database_url, running_service, service_env
 from tests.processes import RunningProcess, free_port, serving
+from tests.tokens import auth_header
 
 pytestmark = pytest.mark.e2e
 
@@ -65,8 +67,9 @@ def compose_web(transactional_db: None, tmp_path: Path) -> Iterator[tuple[Runnin
             # `python` and `gunicorn` resolve as in the image: on PATH.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "DATABASE_URL": django_database_url(),
-            "SECRET_KEY": os.environ["SECRET_KEY"],  # compose takes these two from .env
-            "BILLING_INGEST_TOKEN": os.environ["BILLING_INGEST_TOKEN"],
+            # compose takes these from .env
+            "SECRET_KEY": os.environ["SECRET_KEY"],
+            **{name: os.environ[name] for name in SCOPE_SETTINGS.values()},
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         }
     )
@@ -92,7 +95,7 @@ def test_compose_web_command_ingests_and_serves_metrics(compose_web: tuple[Runni
         assert response.status_code == 200, response.text
         assert response.json()["processed"] == 1
         assert client.get("/metrics").status_code == 401
-        metrics = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        metrics = client.get("/metrics", headers=auth_header("/metrics"))
     assert metrics.status_code == 200
     assert re.search(r'^billing_receipts_total\{outcome="processed"\} 1\.0$', metrics.text, re.M), metrics.text[:2000]
     assert re.search(r"^billing_ingest_batch_records_count 1\.0$", metrics.text, re.M)
@@ -127,6 +130,11 @@ def _litellm_source() -> str:
 def test_compose_passes_litellm_the_variables_it_reads() -> None:
     litellm = _compose()["services"]["litellm"]
     names = set(litellm["environment"])
+    # LEAST_PRIVILEGE_TOKENS: LiteLLM gets its callback's and its plugin's tokens by name, never .env whole
+    # (which holds SECRET_KEY and the admin token).
+    assert "env_file" not in litellm
+    assert not names & {"SECRET_KEY", "BILLING_ADMIN_API_TOKEN", "BILLING_METRICS_TOKEN", "BILLING_INGEST_TOKEN"}
+    assert litellm["environment"]["BILLING_AUTHORIZE_TOKEN"] == "${BILLING_AUTHORIZE_TOKEN}"
     # Each one LiteLLM is supposed to read (the database, the master key, the generic_api logger).
     assert {"DATABASE_URL", "LITELLM_MASTER_KEY", "GENERIC_LOGGER_ENDPOINT", "GENERIC_LOGGER_HEADERS"} <= names
     # LiteLLM's own source, and our plugin that LiteLLM loads (litellm_billing_plugin/).

@@ -11,6 +11,7 @@ from receipts.services.billing import (
     CommitOutcome,
     commit_usage_fact,
     commit_usage_facts,
+    correct_provisional_charge,
 )
 from receipts.services.deferrals import defer_usage, next_attempt_delay
 from receipts.services.ingest import (
@@ -19,6 +20,7 @@ from receipts.services.ingest import (
     ingest_delivery,
     ingest_usage_records,
     keep_isolated,
+    purge_delivery_bodies,
     reprocess_delivery,
 )
 from receipts.services.retry import claim_due_deferred_usage, make_payer_deferrals_due, retry_deferred_usage
@@ -31,12 +33,14 @@ __all__ = [
     "commit_isolated",
     "commit_usage_fact",
     "commit_usage_facts",
+    "correct_provisional_charge",
     "defer_usage",
     "ingest_delivery",
     "ingest_usage_records",
     "keep_isolated",
     "make_payer_deferrals_due",
     "next_attempt_delay",
+    "purge_delivery_bodies",
     "reprocess_delivery",
     "retry_deferred_usage",
 ]

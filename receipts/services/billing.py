@@ -7,9 +7,10 @@ deferred retry and the reconciler's backfill all call them.
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import msgspec
@@ -21,10 +22,11 @@ from accounts.hold_services import settle_holds
 from accounts.models import CreditLedgerEntry
 from accounts.money import ChargeRate, current_charge_rate
 from accounts.selectors import PayerDecision, PayerQuery, resolve_payers
+from accounts.services import grant_credits
 from receipts import metrics
 from receipts.models import ChargeReceipt, DeferredUsage
 from receipts.services.deferrals import defer_usage
-from receipts.usage import SOURCE_SYSTEM, NotBillable, UsageFact
+from receipts.usage import REUSED_CALL_SEPARATOR, SOURCE_SYSTEM, NotBillable, UsageFact
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +87,14 @@ _LEDGER_INSERT_SQL = _json_insert_sql(CreditLedgerEntry, _LEDGER_FIELDS, "")
 
 
 def _receipt_row(
-    fact: UsageFact, *, payer: PayerDecision, rate: ChargeRate, charged: int, now: datetime
+    fact: UsageFact, *, ref: str, payer: PayerDecision, rate: ChargeRate, charged: int, now: datetime
 ) -> dict[str, Any]:
     """One receipt's column values by field name."""
     return {
         "account": payer.account_id,
         "payer_source": payer.source,
         "source_system": SOURCE_SYSTEM,
-        "source_reference": fact.source_reference,
+        "source_reference": ref,
         "litellm_call_id": fact.litellm_call_id,
         "request_id": fact.request_id,
         "run_id": fact.run_id,
@@ -112,6 +114,7 @@ def _receipt_row(
         "credits_per_usd": rate.credits_per_usd,
         "markup": rate.markup,
         "zero_cost_suspect": fact.zero_cost_suspect,
+        "provisional_cost": fact.provisional_cost,
         "end_user": fact.end_user,
         "api_key_hash": fact.api_key_hash,
         "api_key_alias": fact.api_key_alias,
@@ -127,7 +130,9 @@ def _receipt_row(
 
 
 def _insert_receipts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    """INSERT … ON CONFLICT DO NOTHING; returns {source_reference: receipt id} of new receipts."""
+    """INSERT … ON CONFLICT DO NOTHING, rows in source_reference order (concurrent batches lock keys in one
+    order: no deadlock); returns {source_reference: receipt id} of new receipts."""
+    rows = sorted(rows, key=lambda row: row["source_reference"])
     inserted: dict[str, int] = {}
     connection.ensure_connection()
     # A server-binding cursor on Django's connection (same transaction): the JSON travels apart
@@ -175,6 +180,47 @@ def _existing_receipts(references: Iterable[str]) -> dict[str, int]:
     )
 
 
+@dataclass(frozen=True)
+class _BilledCall:
+    """A receipt already holding a call id: what tells whether a new record is the same call."""
+
+    receipt_id: int
+    source_reference: str
+    request_id: str
+    api_key_hash: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _billed_calls(call_ids: Iterable[str]) -> dict[str, list[_BilledCall]]:
+    """Every receipt of these call ids (whatever run, attempt or reuse suffix), by call id."""
+    ids = sorted(set(call_ids))
+    found: dict[str, list[_BilledCall]] = {}
+    if not ids:
+        return found
+    rows = ChargeReceipt.objects.filter(source_system=SOURCE_SYSTEM, litellm_call_id__in=ids).values_list(
+        "litellm_call_id", "id", "source_reference", "request_id", "api_key_hash", "prompt_tokens", "completion_tokens"
+    )
+    for call_id, *values in rows:
+        found.setdefault(call_id, []).append(_BilledCall(*values))
+    return found
+
+
+def _same_billed_call(fact: UsageFact, billed: Sequence[_BilledCall]) -> _BilledCall | None:
+    """The receipt that already records this very call (same reference, or a reuse of it), if any."""
+    base = fact.source_reference
+    for call in billed:
+        ref = call.source_reference
+        if (ref == base or ref.startswith(base + REUSED_CALL_SEPARATOR)) and fact.is_same_call(
+            request_id=call.request_id,
+            api_key_hash=call.api_key_hash,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+        ):
+            return call
+    return None
+
+
 def _payers(facts: Sequence[UsageFact]) -> list[PayerDecision | None]:
     """Who pays for each fact, derived from what LiteLLM logged (SERVER_DERIVES_IDENTITY); None: unknown."""
     return resolve_payers(
@@ -205,46 +251,76 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
 
     Idempotent by (source_system, source_reference): a fact already billed,
     by this batch, an earlier one or a concurrent one, is a "duplicate".
-    Facts whose payer no binding decides are deferred (never guessed).
-    Receipts are inserted in source_reference order and debits in account
-    order, so concurrent batches cannot deadlock. Every value was judged
-    before it got here (receipts.usage), so the database has nothing to refuse.
+    A different call that reuses a billed call id (clients may choose call ids)
+    is billed as its own receipt under fact.reused_call_reference and counted
+    (A_SERVED_CALL_IS_BILLED). Facts whose payer no binding decides are
+    deferred (never guessed). Receipts are inserted in source_reference order
+    and debits in account order, so concurrent batches cannot deadlock. Every
+    value was judged before it got here (receipts.usage), so the database has
+    nothing to refuse.
     """
     if any(f.cost_usd is None for f in facts):
         raise ValueError("commit_usage_facts() bills facts with a known cost only")
     now = timezone.now()
     rate = current_charge_rate()
     payers = _payers(facts)
-    first_by_ref: dict[str, tuple[UsageFact, PayerDecision]] = {}
+    # The batch's distinct calls per source reference (an identical record again follows its first copy).
+    calls: dict[str, list[int]] = {}
+    first_copy: list[int | None] = [None] * len(facts)
     unknown_payer: list[UsageFact] = []
-    for fact, payer in zip(facts, payers, strict=True):
+    for index, (fact, payer) in enumerate(zip(facts, payers, strict=True)):
         if payer is None:
             unknown_payer.append(fact)
-        else:
-            first_by_ref.setdefault(fact.source_reference, (fact, payer))
+            continue
+        group = calls.setdefault(fact.source_reference, [])
+        first_copy[index] = next((i for i in group if _same_fact_call(facts[i], fact)), index)
+        if first_copy[index] == index:
+            group.append(index)
 
-    ordered = sorted(first_by_ref.values(), key=lambda pair: pair[0].source_reference)
-    charged = {f.source_reference: rate.credits_for(f.cost_usd) for f, _ in ordered}  # type: ignore[arg-type]
-    inserted = _insert_receipts(
-        [_receipt_row(f, payer=payer, rate=rate, charged=charged[f.source_reference], now=now) for f, payer in ordered]
-    )
-    new = [(f, payer.account_id) for f, payer in ordered if f.source_reference in inserted]
+    # Round 1: the first call of each reference, under the reference itself.
+    ref_of: dict[int, str] = {group[0]: base for base, group in calls.items()}
+    inserted = _bill_new_receipts(facts, payers, {base: group[0] for base, group in calls.items()}, rate, now)
+    known: dict[str, int] = dict(inserted)
+    # Round 2: a reference already billed (before, or by round 1 for another call of this batch) is either
+    # this very call again (a duplicate) or another call that reused the id (billed under its reuse reference).
+    contested = [base for base, group in calls.items() if base not in inserted or len(group) > 1]
+    billed = _billed_calls(facts[calls[base][0]].litellm_call_id for base in contested)
+    reusing: dict[str, int] = {}
+    for base in contested:
+        for index in calls[base]:
+            if index == calls[base][0] and base in inserted:
+                continue
+            same = _same_billed_call(facts[index], billed.get(facts[index].litellm_call_id, []))
+            if same is not None:
+                ref_of[index] = same.source_reference
+                known[same.source_reference] = same.receipt_id
+            else:
+                ref_of[index] = facts[index].reused_call_reference
+                reusing[ref_of[index]] = index
+    if reusing:
+        again = _bill_new_receipts(facts, payers, reusing, rate, now)
+        inserted.update(again)
+        # A reuse reference that still conflicts is this very call, billed by a concurrent delivery.
+        known.update({**_existing_receipts(set(reusing) - set(again)), **again})
+
+    owner = {ref: index for index, ref in ref_of.items() if ref in inserted}
+    new = sorted(inserted.items(), key=lambda item: (payers[owner[item[0]]].account_id, item[1]))  # type: ignore[union-attr]
     _insert_usage_debits(
-        [
-            (account, charged[f.source_reference], inserted[f.source_reference])
-            for f, account in sorted(new, key=lambda pair: (pair[1], inserted[pair[0].source_reference]))
-        ],
+        [(payers[owner[ref]].account_id, _credits(facts[owner[ref]], rate), pk) for ref, pk in new],  # type: ignore[union-attr]
         now=now,
     )
     # HOLDS_NEVER_OVERSPEND: each new receipt settles its call's hold in this same transaction (the charge
-    # above has landed in full whatever the hold was: POST_CALL_NEVER_BLOCKS).
-    receipt_by_call: dict[str, int] = {}
-    for f, _ in new:
-        receipt_by_call.setdefault(f.litellm_call_id, inserted[f.source_reference])
-    settle_holds(litellm_call_ids=list(receipt_by_call), receipts_by_call_id=receipt_by_call, now=now)
-    known = {**_existing_receipts(set(first_by_ref) - set(inserted)), **inserted}
+    # above has landed in full whatever the hold was: POST_CALL_NEVER_BLOCKS), when the hold is its payer's.
+    receipt_by_call: dict[str, tuple[int, int]] = {}
+    for ref, pk in sorted(inserted.items(), key=lambda item: item[1]):
+        fact = facts[owner[ref]]
+        receipt_by_call.setdefault(fact.litellm_call_id, (pk, payers[owner[ref]].account_id))  # type: ignore[union-attr]
+    settle_holds(receipts_by_call_id=receipt_by_call, now=now)
     # One round trip for both: the deferrals these receipts settle, and the NOTIFY of the new ones.
-    _close_open_deferrals(references=list(known), notify=sorted({f.litellm_call_id for f, _ in new}))
+    _close_open_deferrals(
+        settled=[(facts[index], known[ref]) for index, ref in ref_of.items() if ref in known],
+        notify=sorted({facts[owner[ref]].litellm_call_id for ref in inserted}),
+    )
     if unknown_payer:
         defer_usage(
             items=[
@@ -262,56 +338,139 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
         )
 
     outcomes = []
-    claimed: set[str] = set()
-    for fact, payer in zip(facts, payers, strict=True):
-        ref = fact.source_reference
-        if payer is None:
+    for index, fact in enumerate(facts):
+        copy = first_copy[index]
+        if copy is None:
             outcomes.append(CommitOutcome("deferred", fact.litellm_call_id, reason=DeferredUsage.Reason.UNKNOWN_PAYER))
-        elif ref in inserted and ref not in claimed:
-            claimed.add(ref)
+            continue
+        ref = ref_of[copy]
+        if copy == index and ref in inserted:
             outcomes.append(CommitOutcome("processed", fact.litellm_call_id, inserted[ref]))
         else:
             outcomes.append(CommitOutcome("duplicate", fact.litellm_call_id, known.get(ref)))
-    suspects = sum(1 for f, _ in new if f.zero_cost_suspect)
+    new_facts = [facts[owner[ref]] for ref in inserted]
+    reused = sum(1 for ref in inserted if ref != facts[owner[ref]].source_reference)
+    suspects = sum(1 for f in new_facts if f.zero_cost_suspect)
     # Callbacks only: a backfilled receipt (from a spend-log row) is late by design, not ingest lag.
-    ended = [f.ended_at for f, _ in new if f.ended_at is not None and not f.spend_log_request_id]
-    transaction.on_commit(lambda: _count_outcomes(outcomes, suspects, ended))
+    ended = [f.ended_at for f in new_facts if f.ended_at is not None and not f.spend_log_request_id]
+    transaction.on_commit(lambda: _count_outcomes(outcomes, suspects, ended, reused))
     return outcomes
 
 
-def _count_outcomes(outcomes: Sequence[CommitOutcome], suspects: int, ended: Sequence[datetime] = ()) -> None:
+def correct_provisional_charge(*, receipt_id: int, cost_usd: Decimal) -> CreditLedgerEntry | None:
+    """A provisional charge (BILLING_UNPRICED_CALLS=charge_hold) meets its real cost: the difference moves
+    as one `adjustment` entry (a refund of what the hold over-charged, or a debit of what it under-charged),
+    at the receipt's own rate, once per receipt (idempotency key). The receipt itself, append-only, keeps
+    the estimate it was charged at. Returns the entry, or None when nothing is owed either way."""
+    receipt = ChargeReceipt.objects.select_related("account").get(pk=receipt_id)
+    if not receipt.provisional_cost:
+        return None
+    rate = ChargeRate(credits_per_usd=receipt.credits_per_usd, markup=receipt.markup)
+    owed = rate.credits_for(cost_usd) - receipt.charged_credits
+    if owed == 0:
+        return None
+    return grant_credits(
+        account=receipt.account,
+        amount_credits=-owed,
+        reason=CreditLedgerEntry.Reason.ADJUSTMENT,
+        idempotency_key=f"provisional-cost:{receipt.pk}",
+        memo=f"call {receipt.litellm_call_id}: charged its hold ({receipt.cost_usd} USD); "
+        f"LiteLLM's cost is {cost_usd} USD",
+    ).entry
+
+
+def _same_fact_call(a: UsageFact, b: UsageFact) -> bool:
+    return a.is_same_call(
+        request_id=b.request_id,
+        api_key_hash=b.api_key_hash,
+        prompt_tokens=b.prompt_tokens,
+        completion_tokens=b.completion_tokens,
+    )
+
+
+def _credits(fact: UsageFact, rate: ChargeRate) -> int:
+    return rate.credits_for(fact.cost_usd)  # type: ignore[arg-type]
+
+
+def _bill_new_receipts(
+    facts: Sequence[UsageFact],
+    payers: Sequence[PayerDecision | None],
+    chosen: Mapping[str, int],
+    rate: ChargeRate,
+    now: datetime,
+) -> dict[str, int]:
+    """Insert the receipts of `chosen` (reference -> fact index); {reference: id} of those new."""
+    return _insert_receipts(
+        [
+            _receipt_row(
+                facts[i],
+                ref=ref,
+                payer=payers[i],
+                rate=rate,
+                charged=_credits(facts[i], rate),
+                now=now,  # type: ignore[arg-type]
+            )
+            for ref, i in chosen.items()
+        ]
+    )
+
+
+def _count_outcomes(outcomes: Sequence[CommitOutcome], suspects: int, ended: Sequence[datetime], reused: int) -> None:
     for outcome in outcomes:
         metrics.receipts_total.labels(outcome=outcome.outcome).inc()
     if suspects:
         metrics.zero_cost_suspect_total.inc(suspects)
+    if reused:
+        metrics.call_id_reused_total.inc(reused)
     committed = timezone.now()
     for ended_at in ended:
         # endTime comes from LiteLLM's clock: a skewed one never makes a negative lag.
         metrics.ingest_lag_seconds.observe(max(0.0, (committed - ended_at).total_seconds()))
 
 
+# A deferral closes when a receipt of its very call lands: same reference (or that call's reuse reference),
+# and, for a deferral that kept its judged fact, the same response id, key and tokens (a different call
+# that reused the call id must not close it). Rows kept before facts were stored close by reference alone.
 _CLOSE_OPEN_DEFERRALS_SQL = f"""
     UPDATE {DeferredUsage._meta.db_table} AS d
-       SET status = %s, receipt_id = r.id, updated_at = now(), next_attempt_at = NULL
-      FROM {ChargeReceipt._meta.db_table} AS r
+       SET status = %s, receipt_id = u.receipt_id, updated_at = now(), next_attempt_at = NULL
+      FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::bigint[], %s::bigint[])
+           AS u(ref, reuse_ref, receipt_id, request_id, api_key_hash, prompt_tokens, completion_tokens)
      WHERE d.status = ANY(%s)
        AND d.source_system = %s
-       AND d.source_reference = ANY(%s)
-       AND r.source_system = d.source_system
-       AND r.source_reference = d.source_reference
+       AND d.source_reference IN (u.ref, u.reuse_ref)
+       AND (d.fact->>'version' IS NULL
+            OR ((d.fact->>'request_id' IN ('', u.request_id, d.litellm_call_id)
+                 OR u.request_id IN ('', d.litellm_call_id))
+                AND (d.fact->>'api_key_hash' = '' OR u.api_key_hash = '' OR d.fact->>'api_key_hash' = u.api_key_hash)
+                AND (d.fact->>'prompt_tokens')::bigint = u.prompt_tokens
+                AND (d.fact->>'completion_tokens')::bigint = u.completion_tokens))
 """
 
 
-def _close_open_deferrals(*, references: list[str], notify: list[str]) -> None:
+def _close_open_deferrals(*, settled: Sequence[tuple[UsageFact, int]], notify: list[str]) -> None:
     """A deferred record now billed (late callback, backfill) stops waiting; NOTIFY RECEIPT_CHANNEL of each
-    call id in `notify`; in one statement."""
-    if not references and not notify:
+    call id in `notify`; in one statement. `settled`: each billed fact with its receipt's id."""
+    if not settled and not notify:
         return
-    close = [DeferredUsage.Status.BILLED, list(DeferredUsage.OPEN_STATUSES), SOURCE_SYSTEM, references]
+    # A provisional charge (the hold's estimate) leaves its deferral waiting for the real cost.
+    settled = sorted(((f, pk) for f, pk in settled if not f.provisional_cost), key=lambda p: p[0].source_reference)
+    close = [
+        DeferredUsage.Status.BILLED,
+        [f.source_reference for f, _ in settled],
+        [f.reused_call_reference for f, _ in settled],
+        [pk for _, pk in settled],
+        [f.request_id for f, _ in settled],
+        [f.api_key_hash for f, _ in settled],
+        [f.prompt_tokens for f, _ in settled],
+        [f.completion_tokens for f, _ in settled],
+        list(DeferredUsage.OPEN_STATUSES),
+        SOURCE_SYSTEM,
+    ]
     with connection.cursor() as cursor:
         if not notify:
             cursor.execute(_CLOSE_OPEN_DEFERRALS_SQL, close)
-        elif not references:
+        elif not settled:
             cursor.execute(
                 "SELECT pg_notify(%s, call_id) FROM unnest(%s::text[]) AS call_id", [RECEIPT_CHANNEL, notify]
             )

@@ -13,16 +13,21 @@ import threading
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import zstandard
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 
+from accounts.hold_selectors import unpriced_hold_estimates
 from receipts import metrics
 from receipts.delivery import BodyError, split_delivery
 from receipts.exactjson import dumps_exact
 from receipts.models import DeferredUsage, IngestBatch
+from receipts.redaction import redacted_delivery
 from receipts.selectors import delivery_body
 from receipts.services.billing import CommitOutcome, commit_usage_fact, commit_usage_facts
 from receipts.services.deferrals import defer_usage
@@ -63,16 +68,44 @@ class IngestResult:
 
 def ingest_delivery(*, body: bytes, content_type: str, remote_addr: str, headers: dict[str, str]) -> IngestResult:
     """Store a delivery, then bill its records. Raises BodyError (nothing usable) or a DatabaseError
-    (the database is unavailable; the sender may retry: every record is idempotent)."""
+    (the database is unavailable; the sender may retry: every record is idempotent).
+
+    What is stored is each record's billing fields only (receipts.redaction): never prompts, completions,
+    e-mail or IP, whatever LiteLLM sends. A body that cannot be split is kept as a rejected delivery
+    without its bytes.
+    """
     started = time.perf_counter()
+    try:
+        raws = split_delivery(body)
+    except BodyError as exc:
+        IngestBatch.objects.create(
+            remote_addr=remote_addr[:64],
+            content_type=content_type[:255],
+            body_bytes=len(body),
+            headers=headers,
+            status=IngestBatch.Status.REJECTED,
+            error=str(exc)[:10_000],
+        )
+        raise
     batch = IngestBatch.objects.create(
         remote_addr=remote_addr[:64],
         content_type=content_type[:255],
         body_bytes=len(body),
-        body=_compress(body),
+        body=_compress(redacted_delivery(raws)),
         headers=headers,
     )
-    return _process(batch=batch, body=body, started=started)
+    return _process(batch=batch, raws=raws, started=started)
+
+
+@transaction.atomic
+def purge_delivery_bodies(*, now: datetime) -> int:
+    """Drop the stored bodies of deliveries older than BILLING_DELIVERY_RETENTION_DAYS; returns how many.
+
+    Receipts and deferrals keep every field billing reads (a deferral its judged fact), so they still
+    explain themselves; the delivery row keeps its counts, headers and errors.
+    """
+    cutoff = now - timedelta(days=settings.BILLING_DELIVERY_RETENTION_DAYS)
+    return IngestBatch.objects.filter(received_at__lt=cutoff, body__isnull=False).update(body=None, body_purged_at=now)
 
 
 def _compress(body: bytes) -> bytes:
@@ -89,16 +122,17 @@ def ingest_usage_records(*, records: Sequence[Any]) -> IngestResult:
 
 
 def reprocess_delivery(*, batch: IngestBatch) -> IngestResult:
-    """Bill a stored delivery again (staff, or after a failure): idempotent record by record."""
-    return _process(batch=batch, body=delivery_body(batch=batch), started=time.perf_counter())
+    """Bill a stored delivery again (staff, or after a failure): idempotent record by record.
+
+    Raises BodyError when the delivery has no stored body (rejected, or purged after
+    BILLING_DELIVERY_RETENTION_DAYS).
+    """
+    if not batch.body:
+        raise BodyError(f"delivery {batch.pk} has no stored body (rejected or purged)")
+    return _process(batch=batch, raws=split_delivery(delivery_body(batch=batch)), started=time.perf_counter())
 
 
-def _process(*, batch: IngestBatch, body: bytes, started: float) -> IngestResult:
-    try:
-        raws = split_delivery(body)
-    except BodyError as exc:
-        IngestBatch.objects.filter(pk=batch.pk).update(status=IngestBatch.Status.REJECTED, error=str(exc)[:10_000])
-        raise
+def _process(*, batch: IngestBatch, raws: list[bytes], started: float) -> IngestResult:
     try:
         result = _bill_records(batch=batch, raws=raws, started=started)
     except Exception as exc:
@@ -126,10 +160,20 @@ def _bill_records(*, batch: IngestBatch, raws: Sequence[bytes], started: float) 
     result = IngestResult(ingest_batch_id=batch.pk)
     facts: list[tuple[int, UsageFact]] = []
     kept: list[NotBillable] = []
-    for index, raw in enumerate(raws):
-        judged = judge_usage_record(raw, ingest_batch_id=batch.pk, batch_position=index)
+    judged_records = [
+        judge_usage_record(raw, ingest_batch_id=batch.pk, batch_position=index) for index, raw in enumerate(raws)
+    ]
+    held_at = _unpriced_hold_estimates(judged_records)
+    for index, judged in enumerate(judged_records):
         if isinstance(judged, UsageFact):
             facts.append((index, judged))
+            continue
+        if judged.fact is not None and judged.litellm_call_id in held_at:
+            # BILLING_UNPRICED_CALLS=charge_hold: no cost, so the call is charged its hold now (never free);
+            # the deferral stays, to learn the real cost and correct the charge.
+            facts.append((index, replace(judged.fact, cost_usd=held_at[judged.litellm_call_id], provisional_cost=True)))
+            kept.append(replace(judged, detail=f"{judged.detail}; charged its hold's estimate until it is known"))
+            metrics.missing_cost_deferred_total.inc()
             continue
         entry = {"index": index, "litellm_call_id": judged.litellm_call_id or None, "reason": judged.reason}
         if judged.kind == "deferred":
@@ -180,6 +224,19 @@ def _bill_records(*, batch: IngestBatch, raws: Sequence[bytes], started: float) 
         traceback="",
     )
     return result
+
+
+def _unpriced_hold_estimates(judged_records: Sequence[UsageFact | NotBillable]) -> dict[str, Decimal]:
+    """For BILLING_UNPRICED_CALLS=charge_hold: the hold estimate of each record that came without a cost."""
+    if settings.BILLING_UNPRICED_CALLS != "charge_hold":
+        return {}
+    return unpriced_hold_estimates(
+        litellm_call_ids=[
+            j.litellm_call_id
+            for j in judged_records
+            if isinstance(j, NotBillable) and j.reason == DeferredUsage.Reason.UNKNOWN_COST and j.fact is not None
+        ]
+    )
 
 
 def commit_isolated(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:

@@ -19,7 +19,12 @@ from integrations.litellm.client import LiteLLMClient, LiteLLMError
 from receipts import metrics
 from receipts.models import DeferredUsage
 from receipts.selectors import deferred_due
-from receipts.services.billing import CommitOutcome, commit_usage_fact, unknown_payer_detail
+from receipts.services.billing import (
+    CommitOutcome,
+    commit_usage_fact,
+    correct_provisional_charge,
+    unknown_payer_detail,
+)
 from receipts.services.deferrals import next_attempt_delay
 from receipts.services.ingest import UNAVAILABLE
 from receipts.usage import NotBillable, UsageFact, fact_from_json, is_fact_json, parse_usage_record
@@ -107,6 +112,9 @@ def _settle_deferred(
             # Keep what was learnt (the cost from LiteLLM) with the row: billed, or waiting for a payer.
             DeferredUsage.objects.filter(pk=row.pk).update(learnt_cost_usd=judged.cost_usd)
         outcome = commit_usage_fact(fact=judged)
+        if outcome.outcome == "duplicate" and outcome.receipt_id is not None:
+            # Charged its hold before the cost was known (BILLING_UNPRICED_CALLS=charge_hold): correct it.
+            correct_provisional_charge(receipt_id=outcome.receipt_id, cost_usd=judged.cost_usd)
         if outcome.outcome != "deferred":
             DeferredUsage.objects.filter(pk=row.pk).update(
                 status=DeferredUsage.Status.BILLED,

@@ -11,7 +11,9 @@ import secrets
 import sys
 
 os.environ["SECRET_KEY"] = secrets.token_urlsafe(64)
-os.environ["BILLING_INGEST_TOKEN"] = secrets.token_urlsafe(48)
+# One token per scope, all different: every test proves an endpoint takes only its own (tests/tokens.py).
+for _setting in ("BILLING_INGEST_TOKEN", "BILLING_AUTHORIZE_TOKEN", "BILLING_ADMIN_API_TOKEN", "BILLING_METRICS_TOKEN"):
+    os.environ[_setting] = secrets.token_urlsafe(48)
 os.environ.setdefault("DEBUG", "false")
 os.environ.setdefault("CREDITS_PER_USD", "1000000")
 os.environ.setdefault("BILLING_MARKUP", "1.0")

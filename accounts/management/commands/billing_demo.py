@@ -29,6 +29,8 @@ from accounts.litellm_keys import LITELLM_MASTER_KEY_HASH
 from accounts.models import ApiKeyBinding, BillingAccount, EndUserAlias
 from accounts.payer_services import api_key_binding_create
 from accounts.services import billing_account_create, end_user_alias_create, grant_credits
+from billing_project.api import scope_token
+from billing_project.scopes import TokenScope
 
 DEMO_GRANT_KEY = "demo-initial-grant"
 GATEWAY_ACCOUNT_NAME = "Gateway operator"
@@ -137,17 +139,17 @@ class Command(BaseCommand):
             return ["  demo usage:    skipped: LiteLLM's master key is bound as an ordinary key, not a gateway key"]
         if not settings.BILLING_INGEST_TOKEN:
             return ["  demo usage:    skipped: BILLING_INGEST_TOKEN is not set"]
-        client = Client(
-            HTTP_HOST=_host(),
-            headers={"Authorization": f"Bearer {settings.BILLING_INGEST_TOKEN}", "User-Agent": "bin/run billing_demo"},
-        )
+        client = Client(HTTP_HOST=_host(), headers={"User-Agent": "bin/run billing_demo"})
+        # Each endpoint with its own scope's token, as LiteLLM and an executor would call them.
+        ingest_auth = {"Authorization": f"Bearer {scope_token(TokenScope.INGEST)}"}
+        lookup_auth = {"Authorization": f"Bearer {scope_token(TokenScope.AUTHORIZE)}"}
         days = demo_calls()
         # The month's deliveries go in order: once the last one's first call is billed, all of them landed.
         request_log = logging.getLogger("django.request")
         level = request_log.level
         request_log.setLevel(logging.ERROR)  # the probe's 404 ("not billed yet") is the expected first answer
         try:
-            probe = client.get(reverse("billing-receipt", args=[days[-1][0].litellm_call_id]))
+            probe = client.get(reverse("billing-receipt", args=[days[-1][0].litellm_call_id]), headers=lookup_auth)
         finally:
             request_log.setLevel(level)
         if probe.status_code == 200 and not repost:
@@ -156,7 +158,10 @@ class Command(BaseCommand):
         totals: Counter[str] = Counter()
         for calls in days:
             response = client.post(
-                reverse("billing-ingest"), data=delivery_body(calls, now=now), content_type="application/json"
+                reverse("billing-ingest"),
+                data=delivery_body(calls, now=now),
+                content_type="application/json",
+                headers=ingest_auth,
             )
             if response.status_code != 200:
                 raise CommandError(f"demo delivery refused: HTTP {response.status_code} {response.content[:500]!r}")

@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections, connection
 
 from accounts.tasks import expire_credit_holds
-from receipts.tasks import sweep_deferred_usage
+from receipts.tasks import purge_delivery_bodies, sweep_deferred_usage
 from reconciliation.tasks import reconcile_books
 
 logger = logging.getLogger("receipts.billing_worker")
@@ -67,6 +67,7 @@ class Command(BaseCommand):
             if time.monotonic() >= next_sweep:
                 self._run(sweep_deferred_usage, "deferred usage sweep")
                 self._run(expire_credit_holds, "credit hold expiry")
+                self._run(purge_delivery_bodies, "delivery body purge")
                 next_sweep = time.monotonic() + sweep_every
             if reconcile and time.monotonic() >= next_reconcile and not stop.is_set():
                 self._run(reconcile_books, "scheduled reconcile")

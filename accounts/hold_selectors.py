@@ -8,7 +8,7 @@ from decimal import Decimal
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
-from accounts.models import BillingAccount, CreditHold
+from accounts.models import BillingAccount, CreditHold, CreditLedgerEntry
 
 
 def open_holds(*, account: BillingAccount | None = None, now: datetime | None = None) -> QuerySet[CreditHold]:
@@ -59,3 +59,15 @@ def unpriced_hold_estimates(*, litellm_call_ids: Iterable[str]) -> dict[str, Dec
         receipt__isnull=True,
     )
     return dict(holds.values_list("litellm_call_id", "estimated_cost_usd"))
+
+
+def recent_completion_tokens(*, account_id: int, key_hash: str, model_group: str, limit: int) -> list[int]:
+    """Completion tokens of the account's latest `limit` charges by this key and model group (newest first):
+    what a call without max_tokens is likely to use (README, "A hold that fits the call")."""
+    entries = CreditLedgerEntry.objects.filter(
+        account_id=account_id,
+        reason=CreditLedgerEntry.Reason.USAGE,
+        receipt__api_key_hash=key_hash,
+        receipt__model_group=model_group,
+    )
+    return list(entries.order_by("-created_at").values_list("receipt__completion_tokens", flat=True)[:limit])

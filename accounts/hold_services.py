@@ -8,8 +8,10 @@ receipts.services.billing.commit_usage_facts, the one writer of charges), howeve
 the hold; a hold whose call never reports expires (expire_holds(), run by the sweep).
 """
 
+import math
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -21,6 +23,7 @@ from django.utils import timezone
 
 from accounts import metrics
 from accounts.exceptions import AuthorizeTooLate, CallIdReused, HoldConflict, InvalidAuthorization
+from accounts.hold_selectors import recent_completion_tokens
 from accounts.models import BillingAccount, CreditHold
 from accounts.money import credits_per_usd, current_charge_rate, fits_bigint, fits_cost_column, usd_text
 from accounts.selectors import PayerDecision, resolve_payer
@@ -126,6 +129,69 @@ def _replay(
     )
 
 
+@dataclass(frozen=True)
+class OutputSizing:
+    """The output part of a worst-case estimate whose bound is only the model's limit (no max_tokens)."""
+
+    max_output_tokens: int
+    output_cost_per_token_usd: Decimal
+
+
+# Per process, for a minute: the recent output of (account, key, model group). Bounded: an authorize stays
+# one indexed query at most, most often none.
+_HISTORY_SECONDS = 60.0
+_HISTORY_MAX = 10_000
+_history: dict[tuple[int, str, str], tuple[float, int | None]] = {}
+_history_lock = threading.Lock()
+
+
+def _p99_output_tokens(*, account_id: int, key_hash: str, model: str) -> int | None:
+    """The p99 of the completion tokens of the key's recent charges on the model group, or None (too few)."""
+    cache_key = (account_id, key_hash, model)
+    now = time.monotonic()
+    with _history_lock:
+        cached = _history.get(cache_key)
+    if cached is not None and now - cached[0] < _HISTORY_SECONDS:
+        return cached[1]
+    p99 = p99_output_tokens(
+        recent_completion_tokens(
+            account_id=account_id, key_hash=key_hash, model_group=model, limit=settings.BILLING_HOLD_HISTORY_CALLS
+        )
+    )
+    with _history_lock:
+        if len(_history) >= _HISTORY_MAX:
+            _history.clear()
+        _history[cache_key] = (now, p99)
+    return p99
+
+
+def p99_output_tokens(history: Sequence[int], *, percentile: int | None = None) -> int | None:
+    """The BILLING_HOLD_OUTPUT_PERCENTILE-th percentile (99 by default) of recent completion tokens, or None
+    with fewer than BILLING_HOLD_HISTORY_MIN_CALLS of them."""
+    if len(history) < max(1, settings.BILLING_HOLD_HISTORY_MIN_CALLS):
+        return None
+    share = (percentile or settings.BILLING_HOLD_OUTPUT_PERCENTILE) / 100
+    ordered = sorted(history)
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
+
+
+def held_output_tokens(p99: int | None, *, max_output_tokens: int) -> int:
+    """The output a call without max_tokens is held for: the key's p99, else the default, within the limit."""
+    return min(max_output_tokens, settings.BILLING_HOLD_DEFAULT_OUTPUT_TOKENS if p99 is None else p99)
+
+
+def sized_estimate(
+    estimated_cost_usd: Decimal, sizing: OutputSizing, *, account_id: int, key_hash: str, model: str
+) -> Decimal:
+    """The estimate a call without max_tokens is held at: its worst case with the model's whole output limit
+    replaced by what this key has used on this model group (the p99 of its recent completion tokens, else
+    BILLING_HOLD_DEFAULT_OUTPUT_TOKENS), never above the worst case. A charge above the hold still lands in
+    full (POST_CALL_NEVER_BLOCKS); a stream renews its hold while it runs."""
+    p99 = _p99_output_tokens(account_id=account_id, key_hash=key_hash, model=model) if key_hash else None
+    spare = sizing.max_output_tokens - held_output_tokens(p99, max_output_tokens=sizing.max_output_tokens)
+    return max(Decimal(0), estimated_cost_usd - spare * sizing.output_cost_per_token_usd)
+
+
 def _remaining_ms(deadline: float | None) -> int | None:
     """Milliseconds left before the caller stops waiting; AuthorizeTooLate once there are none."""
     if deadline is None:
@@ -212,6 +278,7 @@ def authorize_call(
     run_id: str = "",
     model: str = "",
     priced: bool = True,
+    sizing: OutputSizing | None = None,
     deadline: float | None = None,
     now: datetime | None = None,
 ) -> AuthorizeDecision:
@@ -219,6 +286,7 @@ def authorize_call(
 
     The payer comes from the one resolver (accounts.selectors.resolve_payer). A refusal writes nothing.
     `priced=False` (LiteLLM knows no price for the model) is refused with BILLING_UNPRICED_CALLS=refuse.
+    `sizing` (a call without max_tokens): hold for the output this key really uses (sized_estimate).
     `deadline` (time.monotonic()) is when the caller stops waiting: past it nothing is held.
     Raises InvalidAuthorization (bad estimate), HoldConflict (the call holds another estimate),
     CallIdReused (the call id was used before) and AuthorizeTooLate (the deadline passed).
@@ -232,6 +300,7 @@ def authorize_call(
             payer_query={"key_hash": key_hash, "team_id": team_id, "end_user": end_user, "run_id": run_id},
             model=model,
             priced=priced,
+            sizing=sizing,
             deadline=deadline,
             now=now or timezone.now(),
         )
@@ -263,6 +332,7 @@ def _authorize(
     payer_query: dict[str, str],
     model: str,
     priced: bool,
+    sizing: OutputSizing | None,
     deadline: float | None,
     now: datetime,
 ) -> AuthorizeDecision:
@@ -270,6 +340,11 @@ def _authorize(
     if problem:
         raise InvalidAuthorization(f"litellm_call_id {problem}", field="litellm_call_id")
     required = _validate_estimate(estimated_cost_usd)
+    if sizing is not None and sizing.max_output_tokens * sizing.output_cost_per_token_usd > estimated_cost_usd:
+        raise InvalidAuthorization(
+            "max_output_tokens × output_cost_per_token_usd is more than estimated_cost_usd, which includes it",
+            field="output_cost_per_token_usd",
+        )
     if not priced and settings.BILLING_UNPRICED_CALLS == "refuse":
         # A_SERVED_CALL_IS_BILLED: a call nobody can price would be served for free; refuse it before it runs.
         return AuthorizeDecision(
@@ -284,6 +359,12 @@ def _authorize(
         allow = settings.BILLING_AUTHORIZE_UNKNOWN_PAYER == "allow"
         return AuthorizeDecision(
             allowed=allow, required_credits=required, available_credits=None, reason="" if allow else UNKNOWN_PAYER
+        )
+    if sizing is not None:
+        required = current_charge_rate().credits_for(
+            sized_estimate(
+                estimated_cost_usd, sizing, account_id=payer.account_id, key_hash=payer_query["key_hash"], model=model
+            )
         )
     try:
         return _decide(

@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.exceptions import AuthorizeTooLate, CallIdReused, HoldConflict, InvalidAuthorization
-from accounts.hold_services import AuthorizeDecision, authorize_call, release_hold, renew_hold
+from accounts.hold_services import AuthorizeDecision, OutputSizing, authorize_call, release_hold, renew_hold
 from billing_project.api import AuthorizeTokenAuthentication, IsInternalService, error_responses, valid_call_id
 from billing_project.text_rules import CALL_ID_MAX_LENGTH
 
@@ -119,6 +119,16 @@ class AuthorizeApi(APIView):
             help_text="false when LiteLLM knows no price for the model (the estimate is a default): refused "
             "with BILLING_UNPRICED_CALLS=refuse.",
         )
+        max_output_tokens = serializers.IntegerField(
+            required=False,
+            allow_null=True,
+            default=None,
+            min_value=1,
+            max_value=10**9,
+            help_text="With output_cost_per_token_usd, for a call without max_tokens: the output limit the "
+            "estimate assumed. The hold is sized by what this key used instead (never above the estimate).",
+        )
+        output_cost_per_token_usd = UsdAmountField(required=False, allow_null=True, default=None)
         deadline_ms = serializers.IntegerField(
             required=False,
             allow_null=True,
@@ -186,6 +196,12 @@ class AuthorizeApi(APIView):
                 run_id=params["run_id"] or "",
                 model=params["model"] or "",
                 priced=params["priced"],
+                sizing=OutputSizing(
+                    max_output_tokens=params["max_output_tokens"],
+                    output_cost_per_token_usd=params["output_cost_per_token_usd"],
+                )
+                if params["max_output_tokens"] and params["output_cost_per_token_usd"] is not None
+                else None,
                 deadline=received + params["deadline_ms"] / 1000 if params["deadline_ms"] else None,
             )
         except AuthorizeTooLate as exc:
@@ -198,6 +214,28 @@ class AuthorizeApi(APIView):
         except (HoldConflict, CallIdReused) as exc:
             return Response({"error": str(exc), "field": exc.field}, status=status.HTTP_409_CONFLICT)
         return self._answer(decision)
+
+    @extend_schema_serializer(component_name="AuthorizeService")
+    class ServiceSerializer(serializers.Serializer):
+        scope = serializers.CharField(help_text='"authorize": the token is the plugin\'s.')
+        hold_ttl_seconds = serializers.IntegerField()
+        unpriced_calls = serializers.CharField(help_text="BILLING_UNPRICED_CALLS: refuse or charge_hold.")
+
+    @extend_schema(
+        request=None,
+        responses={200: ServiceSerializer, **error_responses(401)},
+        description="For the plugin's check at proxy start: the service answers and accepts its token.",
+    )
+    def get(self, request: Request) -> Response:
+        return Response(
+            self.ServiceSerializer(
+                {
+                    "scope": request.user.scope,
+                    "hold_ttl_seconds": settings.BILLING_HOLD_TTL_SECONDS,
+                    "unpriced_calls": settings.BILLING_UNPRICED_CALLS,
+                }
+            ).data
+        )
 
     def _answer(self, decision: AuthorizeDecision) -> Response:
         if not decision.allowed:

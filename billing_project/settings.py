@@ -231,6 +231,16 @@ if BILLING_UNPRICED_CALLS not in ("refuse", "charge_hold"):
     raise environ.ImproperlyConfigured(
         f"BILLING_UNPRICED_CALLS must be refuse or charge_hold, not {BILLING_UNPRICED_CALLS!r}"
     )
+# A hold that fits the call (README): a call without max_tokens holds for the p99 of the completion tokens its
+# key used on the model group in its last BILLING_HOLD_HISTORY_CALLS charges (at least
+# BILLING_HOLD_HISTORY_MIN_CALLS of them; else BILLING_HOLD_DEFAULT_OUTPUT_TOKENS), never above the model's limit.
+BILLING_HOLD_HISTORY_CALLS = env.int("BILLING_HOLD_HISTORY_CALLS", default=200)
+BILLING_HOLD_HISTORY_MIN_CALLS = env.int("BILLING_HOLD_HISTORY_MIN_CALLS", default=20)
+BILLING_HOLD_DEFAULT_OUTPUT_TOKENS = env.int("BILLING_HOLD_DEFAULT_OUTPUT_TOKENS", default=1024)
+# Which percentile of that history (99: about 1 call in 100 is charged above its hold; bench/hold_fit.py).
+BILLING_HOLD_OUTPUT_PERCENTILE = env.int("BILLING_HOLD_OUTPUT_PERCENTILE", default=99)
+if not 1 <= BILLING_HOLD_OUTPUT_PERCENTILE <= 100:
+    raise environ.ImproperlyConfigured("BILLING_HOLD_OUTPUT_PERCENTILE must be between 1 and 100")
 if BILLING_HOLD_TTL_SECONDS <= 0:
     raise environ.ImproperlyConfigured("BILLING_HOLD_TTL_SECONDS must be a positive number of seconds")
 

@@ -133,3 +133,29 @@ class BillingClient:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+
+
+def startup_problem(settings: PluginSettings, *, transport: httpx.BaseTransport | None = None) -> str | None:
+    """Whether the service answers and accepts the plugin's token (GET …/authorize), as one sentence naming
+    the setting at fault; None when all is well. Run once at proxy start."""
+    try:
+        with httpx.Client(timeout=max(settings.timeout_seconds, 2.0), transport=transport, trust_env=False) as http:
+            response = http.get(settings.authorize_url, headers={"Authorization": f"Bearer {settings.token}"})
+    except httpx.HTTPError as exc:
+        return (
+            f"{settings.url_setting}={settings.billing_url} does not answer ({type(exc).__name__}: {exc}); "
+            f"every call follows BILLING_PLUGIN_ON_UNAVAILABLE={settings.on_unavailable.value} until it does"
+        )
+    if response.status_code in (401, 403):
+        return (
+            f"the billing service at {settings.billing_url} refuses {settings.token_setting} (HTTP "
+            f"{response.status_code}): set it to the service's BILLING_AUTHORIZE_TOKEN; until then every call "
+            "is refused with 503 billing_error"
+        )
+    body = _json_object(response)
+    if response.status_code != 200 or body is None or body.get("scope") != "authorize":
+        return (
+            f"{settings.url_setting}={settings.billing_url} is not the billing service "
+            f"(GET {settings.authorize_url} answered HTTP {response.status_code})"
+        )
+    return None

@@ -29,6 +29,9 @@ class Breakdown:
     output_tokens: int | None  # the output cap × n; None when unknown
     prices: estimate.Prices | None  # None: LiteLLM has no price for the model
     usd: Decimal
+    # The output bound is the request's (max_tokens...) or the deployment's; False: only the model's limit,
+    # which the service may size down from what this key has used (README, "A hold that fits the call").
+    output_capped: bool = True
 
     @property
     def priced(self) -> bool:
@@ -113,11 +116,13 @@ def estimate_deployment(
         service_tier=data.get("service_tier") if isinstance(data.get("service_tier"), str) else None,
         cache_write=_has_cache_control(data.get("messages")) or _has_cache_control(data.get("system")),
     )
+    capped = True
     if "embedding" in call_type:
         output: int | None = 0
     else:
         params = deployment.get("litellm_params") or {}
         cap = estimate.requested_output_tokens(data) or estimate.requested_output_tokens(params)
+        capped = cap is not None
         if cap is None and prices is not None:
             cap = prices.max_output_tokens
         output = None if cap is None else cap * estimate.choices(data)
@@ -130,7 +135,9 @@ def estimate_deployment(
         # The router registers every unmapped deployment at price 0: that means "unknown", not "free".
         prices = None
     usd = estimate.max_cost(prompt_tokens=tokens, output_tokens=output, prices=prices, default_usd=default_usd)
-    return Breakdown(model=model, prompt_tokens=tokens, output_tokens=output, prices=prices, usd=usd)
+    return Breakdown(
+        model=model, prompt_tokens=tokens, output_tokens=output, prices=prices, usd=usd, output_capped=capped
+    )
 
 
 def group_deployments(router: object | None, model_group: str) -> Sequence[Mapping[str, Any]]:

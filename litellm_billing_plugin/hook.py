@@ -14,7 +14,9 @@ Loaded by LiteLLM from `litellm_settings: callbacks: ["litellm_billing_plugin.ho
 
 import asyncio
 import logging
+import os
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Mapping
 from datetime import UTC, datetime
@@ -23,7 +25,14 @@ from typing import Any
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
-from litellm_billing_plugin.client import Authorized, BillingClient, Refused, Refused4xx, Unavailable
+from litellm_billing_plugin.client import (
+    Authorized,
+    BillingClient,
+    Refused,
+    Refused4xx,
+    Unavailable,
+    startup_problem,
+)
 from litellm_billing_plugin.deployment_estimate import estimate_request
 from litellm_billing_plugin.estimate import usd_text
 from litellm_billing_plugin.metrics import Counters, Event
@@ -97,7 +106,13 @@ def _router() -> object | None:
 class BillingPlugin(CustomLogger):
     def __init__(self, settings: PluginSettings | None = None, client: BillingClient | None = None) -> None:
         super().__init__()
+        from_environment = settings is None
         self.settings = settings or PluginSettings.from_env()
+        if from_environment:
+            # Point LiteLLM's generic_api callback at the same service (it reads these when it is built,
+            # after the config's callbacks are loaded), so the operator writes the URL once.
+            os.environ.update(self.settings.callback_environment(os.environ))
+            threading.Thread(target=self._check_service, name="billing-plugin-check", daemon=True).start()
         self.client = client or BillingClient(self.settings)
         self.counters = Counters()
         self._holds: OrderedDict[str, str] = OrderedDict()
@@ -105,14 +120,27 @@ class BillingPlugin(CustomLogger):
         self._renew_every: dict[str, float] = {}
         self._background: set[asyncio.Task] = set()
 
-    def authorize_payload(
-        self, data: Mapping[str, Any], user_api_key_dict: Any, call_type: str
-    ) -> dict[str, str | None]:
+    def _check_service(self) -> None:
+        problem = startup_problem(self.settings)
+        if problem:
+            logger.error("billing plugin: %s", problem)
+        else:
+            logger.info("billing plugin: the billing service at %s accepts its token", self.settings.billing_url)
+
+    def authorize_payload(self, data: Mapping[str, Any], user_api_key_dict: Any, call_type: str) -> dict[str, Any]:
         breakdown = estimate_request(
             data, call_type=str(call_type), router=_router(), default_usd=self.settings.default_hold_usd
         )
         if not breakdown.priced:
             self.counters.add(Event.ESTIMATE_FALLBACK)
+        sizing: dict[str, str | int] = {}
+        if not breakdown.output_capped and breakdown.prices is not None and breakdown.output_tokens:
+            # No max_tokens: the worst case holds the model's whole output limit. The service may hold for
+            # the output this key has really used instead (never above this worst case).
+            sizing = {
+                "max_output_tokens": breakdown.output_tokens,
+                "output_cost_per_token_usd": usd_text(breakdown.prices.output_per_token),
+            }
         return {
             "litellm_call_id": data["litellm_call_id"],
             "key_hash": logged_key_hash(user_api_key_dict),
@@ -124,6 +152,7 @@ class BillingPlugin(CustomLogger):
             "priced": breakdown.priced,
             # The service holds nothing once we have stopped waiting (a little before our own timeout).
             "deadline_ms": max(1, int(self.settings.timeout_seconds * 900)),
+            **sizing,
         }
 
     async def async_pre_call_hook(self, user_api_key_dict: Any, cache: Any, data: dict, call_type: Any) -> None:

@@ -18,8 +18,14 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class PluginSettings:
-    billing_url: str  # the service's base URL, e.g. http://web:8000
+    billing_url: str  # BILLING_SERVICE_URL: the service's base URL, e.g. http://web:8000
     token: str  # BILLING_AUTHORIZE_TOKEN: the service's token for authorize/release/renew, nothing else
+    # BILLING_INGEST_TOKEN, when set: the plugin points LiteLLM's generic_api callback at the same service
+    # (GENERIC_LOGGER_ENDPOINT / GENERIC_LOGGER_HEADERS, unless those are set), so no value is written twice.
+    ingest_token: str = ""
+    # Which variable gave the URL and the token (named in the startup check's error).
+    url_setting: str = "BILLING_SERVICE_URL"
+    token_setting: str = "BILLING_AUTHORIZE_TOKEN"  # noqa: S105 - a setting's name, not a secret
     timeout_seconds: float  # whole authorize/release request, connect included
     on_unavailable: OnUnavailable
     default_hold_usd: Decimal  # the estimate when LiteLLM knows no price for the model
@@ -28,14 +34,36 @@ class PluginSettings:
     def authorize_url(self) -> str:
         return f"{self.billing_url}/api/internal/billing/authorize"
 
+    @property
+    def ingest_url(self) -> str:
+        return f"{self.billing_url}/api/internal/billing/ingest"
+
+    def callback_environment(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """The generic_api callback's variables derived from ours, for those the operator did not set."""
+        if not self.ingest_token:
+            return {}
+        derived = {
+            "GENERIC_LOGGER_ENDPOINT": self.ingest_url,
+            "GENERIC_LOGGER_HEADERS": f"Authorization=Bearer {self.ingest_token}",
+        }
+        return {name: value for name, value in derived.items() if not environ.get(name)}
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PluginSettings":
         env = os.environ if environ is None else environ
-        billing_url = env.get("BILLING_URL", "").strip().rstrip("/")
+        # BILLING_URL is the name of versions before 1.1.0.
+        url_setting = "BILLING_SERVICE_URL" if env.get("BILLING_SERVICE_URL", "").strip() else "BILLING_URL"
+        billing_url = env.get(url_setting, "").strip().rstrip("/")
         if not billing_url.startswith(("http://", "https://")):
-            raise SettingsError("BILLING_URL must be the billing service's http(s) base URL, e.g. http://web:8000")
-        # BILLING_INGEST_TOKEN is read only as the fallback of a service that has no scoped tokens yet.
-        token = env.get("BILLING_AUTHORIZE_TOKEN", "").strip() or env.get("BILLING_INGEST_TOKEN", "").strip()
+            raise SettingsError(
+                "BILLING_SERVICE_URL must be the billing service's http(s) base URL, e.g. http://web:8000"
+            )
+        ingest_token = env.get("BILLING_INGEST_TOKEN", "").strip()
+        # BILLING_INGEST_TOKEN authorizes only for a service that has no scoped tokens yet.
+        token_setting = (
+            "BILLING_AUTHORIZE_TOKEN" if env.get("BILLING_AUTHORIZE_TOKEN", "").strip() else "BILLING_INGEST_TOKEN"
+        )
+        token = env.get(token_setting, "").strip()
         if not token:
             raise SettingsError("BILLING_AUTHORIZE_TOKEN is required (the billing service's authorize token)")
         try:
@@ -58,6 +86,9 @@ class PluginSettings:
         return cls(
             billing_url=billing_url,
             token=token,
+            ingest_token=ingest_token,
+            url_setting=url_setting,
+            token_setting=token_setting,
             timeout_seconds=timeout,
             on_unavailable=mode,
             default_hold_usd=default_hold,

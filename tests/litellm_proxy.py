@@ -8,8 +8,9 @@ Reusable by any e2e test:
 
 The proxy runs offline (LITELLM_LOCAL_MODEL_COST_MAP=True), inherits only a small allowlist of our
 environment (never DATABASE_URL, which LiteLLM would try to use, nor HTTP proxy settings), runs in
-`workdir` (whatever it writes stays out of the repository) and has the repository root on
-PYTHONPATH, so `litellm_billing_plugin` is importable from the config. With `teams`, keys are
+`workdir` (whatever it writes stays out of the repository). The billing plugin is the package
+bin/bootstrap-litellm installed into .venv-litellm (`pip install ./litellm_billing_plugin`), as
+operators install it: the repository is not on the proxy's path. With `teams`, keys are
 authenticated by a custom_auth module (CUSTOM_AUTH) instead of the master key.
 """
 
@@ -79,7 +80,6 @@ def base_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
             "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": str(ROOT),
         }
     )
     env.update(extra or {})
@@ -122,7 +122,7 @@ def generic_api_env(service_url: str, token: str) -> dict[str, str]:
 def plugin_env(billing_url: str, token: str, *, on_unavailable: str, timeout_s: float) -> dict[str, str]:
     """The proxy environment of the billing plugin (litellm_billing_plugin.settings)."""
     return {
-        "BILLING_URL": billing_url,
+        "BILLING_SERVICE_URL": billing_url,
         "BILLING_AUTHORIZE_TOKEN": token,
         "BILLING_PLUGIN_TIMEOUT_SECONDS": str(timeout_s),
         "BILLING_PLUGIN_ON_UNAVAILABLE": on_unavailable,

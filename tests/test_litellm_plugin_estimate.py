@@ -15,7 +15,15 @@ import pytest
 import yaml
 
 from litellm_billing_plugin import estimate
-from litellm_billing_plugin.client import Authorized, BillingClient, Refused, Rejected, Unavailable, classify
+from litellm_billing_plugin.client import (
+    Authorized,
+    BillingClient,
+    Refused,
+    Rejected,
+    Unavailable,
+    classify,
+    startup_problem,
+)
 from litellm_billing_plugin.settings import OnUnavailable, PluginSettings, SettingsError
 from tests.litellm_proxy import LITELLM_PYTHON, PLUGIN_CALLBACK, ROOT, base_env
 
@@ -105,6 +113,49 @@ def test_settings_from_env() -> None:
         {"BILLING_URL": "http://x", "BILLING_INGEST_TOKEN": "t", "BILLING_PLUGIN_ON_UNAVAILABLE": "FAIL_OPEN"}
     )
     assert fail_open.on_unavailable is OnUnavailable.FAIL_OPEN
+
+
+def test_each_setting_is_written_once() -> None:
+    """One URL and the plugin's own token; the callback's endpoint and header derive from them."""
+    env = {"BILLING_SERVICE_URL": "http://web:8000", "BILLING_AUTHORIZE_TOKEN": "auth", "BILLING_INGEST_TOKEN": "ing"}
+    settings = PluginSettings.from_env(env)
+    assert (settings.billing_url, settings.token, settings.token_setting) == (
+        "http://web:8000",
+        "auth",
+        "BILLING_AUTHORIZE_TOKEN",
+    )
+    assert settings.callback_environment(env) == {
+        "GENERIC_LOGGER_ENDPOINT": "http://web:8000/api/internal/billing/ingest",
+        "GENERIC_LOGGER_HEADERS": "Authorization=Bearer ing",
+    }
+    # What the operator set stays theirs; without the ingest token nothing is derived.
+    assert settings.callback_environment({**env, "GENERIC_LOGGER_ENDPOINT": "http://elsewhere"}) == {
+        "GENERIC_LOGGER_HEADERS": "Authorization=Bearer ing"
+    }
+    bare = PluginSettings.from_env({"BILLING_SERVICE_URL": "http://web:8000", "BILLING_AUTHORIZE_TOKEN": "a"})
+    assert bare.callback_environment({}) == {}
+    # Names of 1.0: BILLING_URL, and the ingest token authorizing against a service without scoped tokens.
+    legacy = PluginSettings.from_env({"BILLING_URL": "http://old:8000", "BILLING_INGEST_TOKEN": "t"})
+    assert (legacy.url_setting, legacy.token_setting, legacy.token) == ("BILLING_URL", "BILLING_INGEST_TOKEN", "t")
+
+
+def _service(status: int, body: dict) -> httpx.MockTransport:
+    return httpx.MockTransport(lambda request: httpx.Response(status, json=body))
+
+
+def test_the_startup_check_names_the_setting_at_fault() -> None:
+    settings = PluginSettings.from_env({"BILLING_SERVICE_URL": "http://web:8000", "BILLING_AUTHORIZE_TOKEN": "t"})
+    assert startup_problem(settings, transport=_service(200, {"scope": "authorize"})) is None
+    refused = startup_problem(settings, transport=_service(401, {"error": "Invalid bearer token"}))
+    assert refused is not None and "refuses BILLING_AUTHORIZE_TOKEN (HTTP 401)" in refused
+    elsewhere = startup_problem(settings, transport=_service(404, {}))
+    assert elsewhere is not None and "BILLING_SERVICE_URL=http://web:8000 is not the billing service" in elsewhere
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    unreachable = startup_problem(settings, transport=httpx.MockTransport(down))
+    assert unreachable is not None and "BILLING_SERVICE_URL=http://web:8000 does not answer" in unreachable
 
 
 @pytest.mark.parametrize(
@@ -221,10 +272,10 @@ print(json.dumps(out))
 """
 
 
-def test_estimates_from_litellms_own_counter_and_model_map() -> None:
+def test_estimates_from_litellms_own_counter_and_model_map(tmp_path) -> None:
     result = subprocess.run(
         [str(LITELLM_PYTHON), "-c", LITELLM_SCRIPT],
-        cwd=ROOT,
+        cwd=tmp_path,  # the installed plugin, not the repository's folder
         env=base_env(),
         capture_output=True,
         text=True,

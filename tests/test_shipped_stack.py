@@ -133,10 +133,16 @@ def test_compose_passes_litellm_the_variables_it_reads() -> None:
     # LEAST_PRIVILEGE_TOKENS: LiteLLM gets its callback's and its plugin's tokens by name, never .env whole
     # (which holds SECRET_KEY and the admin token).
     assert "env_file" not in litellm
-    assert not names & {"SECRET_KEY", "BILLING_ADMIN_API_TOKEN", "BILLING_METRICS_TOKEN", "BILLING_INGEST_TOKEN"}
+    assert not names & {"SECRET_KEY", "BILLING_ADMIN_API_TOKEN", "BILLING_METRICS_TOKEN"}
     assert litellm["environment"]["BILLING_AUTHORIZE_TOKEN"] == "${BILLING_AUTHORIZE_TOKEN}"
-    # Each one LiteLLM is supposed to read (the database, the master key, the generic_api logger).
-    assert {"DATABASE_URL", "LITELLM_MASTER_KEY", "GENERIC_LOGGER_ENDPOINT", "GENERIC_LOGGER_HEADERS"} <= names
+    # Each one LiteLLM is supposed to read (its database, the master key) and the plugin's, each value once:
+    # the plugin derives the generic_api logger's endpoint and header from BILLING_SERVICE_URL and the ingest token.
+    assert {"DATABASE_URL", "LITELLM_MASTER_KEY", "BILLING_SERVICE_URL", "BILLING_INGEST_TOKEN"} <= names
+    assert not names & {"PYTHONPATH", "GENERIC_LOGGER_ENDPOINT", "GENERIC_LOGGER_HEADERS"}
+    # The plugin is installed into the image as a package, not mounted onto the path.
+    assert litellm["build"]["dockerfile"] == "deploy/litellm/Dockerfile"
+    dockerfile = (ROOT / "deploy" / "litellm" / "Dockerfile").read_text()
+    assert "pip install --no-cache-dir /tmp/litellm_billing_plugin" in dockerfile
     # LiteLLM's own source, and our plugin that LiteLLM loads (litellm_billing_plugin/).
     source = _litellm_source() + "\n".join(p.read_text() for p in (ROOT / "litellm_billing_plugin").rglob("*.py"))
     unread = sorted(name for name in names if f'"{name}"' not in source and f"'{name}'" not in source)

@@ -91,18 +91,33 @@ def _database_from_url(url: str) -> dict:
     config["ENGINE"] = "django_prometheus.db.backends.postgresql"
     config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     config["CONN_HEALTH_CHECKS"] = True
+    if DATABASE_TRANSACTION_POOLING:
+        # Behind PgBouncer in transaction pooling (README, "Many nodes, one database") each transaction may
+        # run on another server connection: no server-side cursors and no prepared statements (psycopg
+        # prepares a query run five times), nothing that lives in the session.
+        config["DISABLE_SERVER_SIDE_CURSORS"] = True
+        config.setdefault("OPTIONS", {})["prepare_threshold"] = None
     return config
 
 
 # PostgreSQL only. bin/run and the test suite start an embedded PostgreSQL and
 # set DATABASE_URL themselves when none is given.
 DATABASE_URL = env.str("DATABASE_URL", default="")
+# DATABASE_URL is a PgBouncer in transaction pooling (or any pooler that hands each transaction another
+# server connection). DATABASE_DIRECT_URL: PostgreSQL itself, for the one session that must stay put (the
+# receipt long-poll's LISTEN); empty: DATABASE_URL.
+DATABASE_TRANSACTION_POOLING = env.bool("DATABASE_TRANSACTION_POOLING", default=False)
+DATABASE_DIRECT_URL = env.str("DATABASE_DIRECT_URL", default="")
 if not DATABASE_URL:
     raise environ.ImproperlyConfigured(
         "DATABASE_URL is not set. Use bin/run (which starts an embedded PostgreSQL) "
         "or set DATABASE_URL=postgres://user:password@host:5432/dbname"
     )
 DATABASES = {"default": _database_from_url(DATABASE_URL)}
+# The long-poll's listening connection (receipts.notify): PostgreSQL directly, never through the pooler.
+LISTEN_DATABASE = (
+    {**_database_from_url(DATABASE_DIRECT_URL), "OPTIONS": {}} if DATABASE_DIRECT_URL else DATABASES["default"]
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # django-axes first: it refuses a locked-out login before the password is checked.

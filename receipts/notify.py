@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from django.db import connections
+from django.conf import settings
 
 from billing_project.db import conninfo_from_settings
 from receipts.services import RECEIPT_CHANNEL
@@ -37,9 +37,8 @@ class ReceiptWaiter:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with psycopg.connect(
-                    conninfo_from_settings(connections["default"].settings_dict), autocommit=True
-                ) as conn:
+                # LISTEN lives in its session: on PostgreSQL itself (DATABASE_DIRECT_URL behind PgBouncer).
+                with psycopg.connect(conninfo_from_settings(settings.LISTEN_DATABASE), autocommit=True) as conn:
                     conn.execute(f"LISTEN {RECEIPT_CHANNEL}")
                     self.listening.set()
                     while not self._stop.is_set():

@@ -7,10 +7,14 @@ balance_drift, orphan_usage, credits_mismatch, summary_drift, invoice_identity.
 Each .sql file says what its kind means; parameters are named (%(since)s ...).
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from django.db import connection, transaction
 
 from accounts.models import BillingAccount
 from reconciliation.window import Window, month_bounds
@@ -23,6 +27,24 @@ _SQL_DIR = Path(__file__).resolve().parent / "sql"
 NEAR = timedelta(minutes=10)
 
 TEMP_TABLES = ("reconcile_found", "reconcile_diff", "reconcile_rows")
+
+
+@contextmanager
+def temp_tables_cursor() -> Iterator[Any]:
+    """A cursor inside one transaction that holds a run's temp tables, dropped when it ends.
+
+    Temp tables live in a session; behind PgBouncer in transaction pooling only a transaction keeps its
+    session, so the whole run is one transaction (what fails rolls the tables back with it).
+    """
+    with transaction.atomic(), connection.cursor() as cursor:
+        _drop(cursor)
+        yield cursor
+        _drop(cursor)
+
+
+def _drop(cursor: Any) -> None:
+    for table in TEMP_TABLES:
+        cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{table}")
 
 
 @cache

@@ -33,7 +33,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import DataError, connection, transaction
+from django.db import DataError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -50,7 +50,7 @@ from receipts.exactjson import loads_exact
 from receipts.models import ChargeReceipt, DeferredUsage
 from reconciliation import metrics
 from reconciliation.backfill import backfill
-from reconciliation.checks import TEMP_TABLES, create_found_table, sql
+from reconciliation.checks import create_found_table, sql, temp_tables_cursor
 from reconciliation.spendlogs import EDGE, copy_rows, create_rows_table, index_rows_table
 from reconciliation.window import ReconcileInputError, Window
 
@@ -160,29 +160,25 @@ def _reconcile_run(
             client.close()
     result.spend_log_rows = len(rows)
     attempt_end_users = [e for e in result.end_users if run_id_from_end_user(e) == run_id]
-    with connection.cursor() as cursor:
-        _drop_temp_tables(cursor)
+    with temp_tables_cursor() as cursor:
+        create_found_table(cursor)
         try:
-            create_found_table(cursor)
-            try:
-                with transaction.atomic():
-                    create_rows_table(cursor)
-                    copy_rows(cursor, rows)
-                    index_rows_table(cursor)
-            except DataError as exc:
-                raise LiteLLMError(f"a spend-log row holds a value PostgreSQL refuses: {exc}") from exc
-            cursor.execute(sql("run_diff"))
-            for name in ("missing_receipt", "cost_mismatch"):
-                cursor.execute(sql(name), {"account": None})
-            cursor.execute(
-                sql("run_unknown_to_litellm"),
-                {"run_id": run_id, "end_users": attempt_end_users, "since": window.since, "until": window.until},
-            )
-            result.backfill = backfill(cursor)
-            result.backfilled = result.backfill["backfilled"]
-            result.discrepancies = _remaining(cursor)
-        finally:
-            _drop_temp_tables(cursor)
+            with transaction.atomic():
+                create_rows_table(cursor)
+                copy_rows(cursor, rows)
+                index_rows_table(cursor)
+        except DataError as exc:
+            raise LiteLLMError(f"a spend-log row holds a value PostgreSQL refuses: {exc}") from exc
+        cursor.execute(sql("run_diff"))
+        for name in ("missing_receipt", "cost_mismatch"):
+            cursor.execute(sql(name), {"account": None})
+        cursor.execute(
+            sql("run_unknown_to_litellm"),
+            {"run_id": run_id, "end_users": attempt_end_users, "since": window.since, "until": window.until},
+        )
+        result.backfill = backfill(cursor)
+        result.backfilled = result.backfill["backfilled"]
+        result.discrepancies = _remaining(cursor)
     mine = Q(run_id=run_id) | Q(end_user__in=attempt_end_users)
     totals = ChargeReceipt.objects.filter(mine, account=run.account, payer_source=PayerSource.RUN)
     result.receipts = totals.count()
@@ -317,8 +313,3 @@ def _money_as_text(value: Any) -> Any:
     if isinstance(value, list):
         return [_money_as_text(v) for v in value]
     return value
-
-
-def _drop_temp_tables(cursor: Any) -> None:
-    for table in TEMP_TABLES:
-        cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{table}")

@@ -13,16 +13,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
 
 from django.conf import settings
-from django.db import DataError, connection, transaction
+from django.db import DataError, transaction
 
 from accounts.models import BillingAccount
 from integrations.litellm.client import LiteLLMClient, LiteLLMError
 from reconciliation import metrics
 from reconciliation.backfill import backfill
-from reconciliation.checks import TEMP_TABLES, check_books, compare_with_litellm, create_found_table
+from reconciliation.checks import check_books, compare_with_litellm, create_found_table, temp_tables_cursor
 from reconciliation.report import BOOK_KINDS, KINDS, ReconcileReport, collect
 from reconciliation.spendlogs import load_spend_logs
 from reconciliation.window import Window, scheduled_window
@@ -44,43 +43,40 @@ def reconcile(
 
     A LiteLLM that cannot be read is reported in `errors` (exit code 2) and
     nothing is backfilled; the in-book checks still run. Database errors propagate.
+    The run is one transaction (its temp tables must not outlive it: PgBouncer).
     """
     started = time.monotonic()
     report = ReconcileReport(window=window, account=account, apply=apply, litellm_checked=include_litellm)
     limit = settings.BILLING_RECONCILE_REPORT_LIMIT if report_limit is None else report_limit
     timer = _Timer(report.timings)
-    with connection.cursor() as cursor:
-        _drop_temp_tables(cursor)
+    with temp_tables_cursor() as cursor:
         create_found_table(cursor)
-        try:
-            if include_litellm:
-                own_client = client is None
-                client = client or LiteLLMClient()
+        if include_litellm:
+            own_client = client is None
+            client = client or LiteLLMClient()
+            try:
                 try:
-                    try:
-                        # One transaction: a page PostgreSQL refuses leaves nothing half-loaded.
-                        with timer("read_litellm"), transaction.atomic():
-                            report.spend_log_rows = load_spend_logs(cursor, client, window, progress=progress)
-                    except DataError as exc:
-                        raise LiteLLMError(f"a spend-log row holds a value PostgreSQL refuses: {exc}") from exc
-                    with timer("compare_litellm"):
-                        compare_with_litellm(cursor, window, account)
-                except LiteLLMError as exc:
-                    logger.error("reconcile: LiteLLM's spend logs could not be read: %s", exc)
-                    report.errors.append({"source": "litellm", "reason": str(exc)})
-                finally:
-                    if own_client:
-                        client.close()
-            with timer("books"):
-                check_books(cursor, window, account)
-            # Backfill heals what LiteLLM's spend logs show missing: nothing to heal without them.
-            if apply and include_litellm and not report.errors:
-                with timer("backfill"):
-                    report.backfill = backfill(cursor)
-            with timer("collect"):
-                collect(cursor, report, limit)
-        finally:
-            _drop_temp_tables(cursor)
+                    # One transaction: a page PostgreSQL refuses leaves nothing half-loaded.
+                    with timer("read_litellm"), transaction.atomic():
+                        report.spend_log_rows = load_spend_logs(cursor, client, window, progress=progress)
+                except DataError as exc:
+                    raise LiteLLMError(f"a spend-log row holds a value PostgreSQL refuses: {exc}") from exc
+                with timer("compare_litellm"):
+                    compare_with_litellm(cursor, window, account)
+            except LiteLLMError as exc:
+                logger.error("reconcile: LiteLLM's spend logs could not be read: %s", exc)
+                report.errors.append({"source": "litellm", "reason": str(exc)})
+            finally:
+                if own_client:
+                    client.close()
+        with timer("books"):
+            check_books(cursor, window, account)
+        # Backfill heals what LiteLLM's spend logs show missing: nothing to heal without them.
+        if apply and include_litellm and not report.errors:
+            with timer("backfill"):
+                report.backfill = backfill(cursor)
+        with timer("collect"):
+            collect(cursor, report, limit)
     report.duration_seconds = time.monotonic() - started
     _publish(report)
     return report
@@ -94,11 +90,6 @@ def reconcile_scheduled(*, now: datetime | None = None) -> ReconcileReport:
     return reconcile(
         window=scheduled_window(now), apply=settings.BILLING_RECONCILE_APPLY, include_litellm=include_litellm
     )
-
-
-def _drop_temp_tables(cursor: Any) -> None:
-    for table in TEMP_TABLES:
-        cursor.execute(f"DROP TABLE IF EXISTS pg_temp.{table}")
 
 
 class _Timer:

@@ -133,12 +133,12 @@ def running_service(
         yield service
 
 
-def manage(database: str, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
+def manage(database: str, *args: str, timeout: float = 300.0, **extra_env: str) -> subprocess.CompletedProcess:
     """`python manage.py …` on `database` (a DATABASE_URL)."""
     return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env=service_env(database),
+        env=service_env(database, **extra_env),
         capture_output=True,
         text=True,
         timeout=timeout,

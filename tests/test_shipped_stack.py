@@ -67,6 +67,7 @@ def compose_web(transactional_db: None, tmp_path: Path) -> Iterator[tuple[Runnin
             # `python` and `gunicorn` resolve as in the image: on PATH.
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             "DATABASE_URL": django_database_url(),
+            "DATABASE_DIRECT_URL": django_database_url(),
             # compose takes these from .env
             "SECRET_KEY": os.environ["SECRET_KEY"],
             **{name: os.environ[name] for name in SCOPE_SETTINGS.values()},
@@ -125,6 +126,21 @@ def _litellm_source() -> str:
     return "\n".join(
         path.read_text(errors="replace") for pattern in ("*.py", "*.json") for path in LITELLM_PACKAGE.rglob(pattern)
     )
+
+
+def test_compose_scales_out_behind_pgbouncer() -> None:
+    """Issue 19's topology: nodes on PgBouncer in transaction pooling, LISTEN direct, migrations once."""
+    services = _compose()["services"]
+    assert services["pgbouncer"]["environment"]["POOL_MODE"] == "transaction"
+    assert services["web"]["deploy"]["replicas"] >= 2
+    assert "migrate" not in services["web"]["command"]
+    assert services["migrate"]["command"] == "python manage.py migrate --noinput"
+    assert "@postgres:" in services["migrate"]["environment"]["DATABASE_URL"]
+    for name in ("web", "worker", "beat"):
+        env = services[name]["environment"]
+        assert "@pgbouncer:" in env["DATABASE_URL"] and env["DATABASE_TRANSACTION_POOLING"] == "true", name
+        assert "@postgres:" in env["DATABASE_DIRECT_URL"], name
+        assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
 
 
 def test_compose_passes_litellm_the_variables_it_reads() -> None:

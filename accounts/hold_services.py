@@ -2,7 +2,11 @@
 
 authorize_call() decides under the paying account's row lock (SELECT … FOR UPDATE on BillingAccount)
 against available = balance − open holds, so concurrent authorizations are serialized per account and can
-never together reserve more than the balance. Holds are not ledger money: they never move the balance.
+never together reserve more than the balance. The open holds' total is kept on the row (held_credits, moved
+by the holds' trigger, migration 0006): the decision is O(1) in the calls in flight, after taking off only
+this account's holds past their expiry. Every path that changes a hold's open amount locks the account
+first, then the hold (the ledger does the same), so none deadlocks with another. Holds are not ledger money:
+they never move the balance.
 The call's receipt settles its hold in the same transaction (settle_holds(), called by
 receipts.services.billing.commit_usage_facts, the one writer of charges), however far the charge exceeds
 the hold; a hold whose call never reports expires (expire_holds(), run by the sweep).
@@ -18,7 +22,6 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from accounts import metrics
@@ -92,11 +95,20 @@ def _validate_estimate(estimated_cost_usd: Decimal) -> int:
     return required
 
 
-def _open_held(account_id: int, now: datetime) -> int:
-    total = CreditHold.objects.filter(account_id=account_id, status=Status.HELD, expires_at__gt=now).aggregate(
-        s=Sum("held_credits")
-    )["s"]
-    return int(total or 0)
+def _expire_overdue(account_id: int, now: datetime) -> int:
+    """Under the account's row lock: its holds past expiry stop counting now (the sweep may not have run).
+    An index range over that account's overdue holds (usually none): the trigger takes them off
+    held_credits. Returns the credits they held."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {CreditHold._meta.db_table} SET status = %s, closed_at = %s "
+            "WHERE account_id = %s AND status = %s AND expires_at <= %s RETURNING held_credits",
+            [Status.EXPIRED, now, account_id, Status.HELD, now],
+        )
+        freed = [row[0] for row in cursor.fetchall()]
+    if freed:
+        transaction.on_commit(lambda: metrics.holds_expired_total.inc(len(freed)))
+    return sum(freed)
 
 
 def _replay(
@@ -119,11 +131,11 @@ def _replay(
             f"not {estimated_cost_usd}",
             field="estimated_cost_usd",
         )
-    balance = BillingAccount.objects.values_list("balance_credits", flat=True).get(pk=hold.account_id)
+    balance, held = BillingAccount.objects.values_list("balance_credits", "held_credits").get(pk=hold.account_id)
     return AuthorizeDecision(
         allowed=True,
         required_credits=hold.held_credits,
-        available_credits=balance - _open_held(hold.account_id, now),
+        available_credits=balance - held,
         hold=hold,
         replayed=True,
     )
@@ -233,9 +245,9 @@ def _decide(
     # updates the same row) of this account; what is read below cannot change until we commit.
     _bound_lock_wait(deadline)
     try:
-        balance = (
+        balance, held = (
             BillingAccount.objects.select_for_update()
-            .values_list("balance_credits", flat=True)
+            .values_list("balance_credits", "held_credits")
             .get(pk=payer.account_id)
         )
     except OperationalError as exc:
@@ -244,7 +256,9 @@ def _decide(
         raise
     # A decision the caller will no longer hear must not hold credits it never learns about.
     _remaining_ms(deadline)
-    available = balance - _open_held(payer.account_id, now)
+    # available = balance − open holds, O(1): the total is kept on the row by the holds' trigger; only this
+    # account's holds past their expiry are taken off first.
+    available = balance - (held - _expire_overdue(payer.account_id, now))
     if required > available:
         # A retry that waited for the lock while its original took the hold sees that hold in the sum:
         # it gets the original's answer, not a refusal.
@@ -392,7 +406,13 @@ def release_hold(*, litellm_call_id: str, now: datetime | None = None) -> Credit
     released or expired). A receipt that arrives later still bills in full.
     """
     now = now or timezone.now()
-    hold = CreditHold.objects.select_for_update().filter(litellm_call_id=litellm_call_id, status=Status.HELD).first()
+    open_hold = CreditHold.objects.filter(litellm_call_id=litellm_call_id, status=Status.HELD)
+    account_id = open_hold.values_list("account_id", flat=True).first()
+    if account_id is None:
+        return None
+    # The account first, then the hold: every path that changes a hold's open amount locks in that order.
+    _lock_accounts([account_id])
+    hold = open_hold.select_for_update().first()
     if hold is None:
         return None
     hold.status = Status.RELEASED
@@ -426,12 +446,19 @@ def renew_hold(*, litellm_call_id: str, now: datetime | None = None) -> CreditHo
 @transaction.atomic
 def expire_holds(*, now: datetime) -> int:
     """Mark expired every open hold past its expiry (they already stopped counting against available)."""
-    expired = CreditHold.objects.filter(status=Status.HELD, expires_at__lte=now).update(
-        status=Status.EXPIRED, closed_at=now
-    )
+    overdue = CreditHold.objects.filter(status=Status.HELD, expires_at__lte=now)
+    accounts = sorted(set(overdue.values_list("account_id", flat=True)))
+    if not accounts:
+        return 0
+    _lock_accounts(accounts)  # in id order, as the ledger locks them: no deadlock with charges
+    expired = overdue.filter(account_id__in=accounts).update(status=Status.EXPIRED, closed_at=now)
     if expired:
         transaction.on_commit(lambda: metrics.holds_expired_total.inc(expired))
     return expired
+
+
+def _lock_accounts(account_ids: Sequence[int]) -> None:
+    list(BillingAccount.objects.select_for_update().filter(pk__in=account_ids).order_by("id").values_list("id"))
 
 
 def settle_holds(*, receipts_by_call_id: Mapping[str, tuple[int, int]], now: datetime | None = None) -> int:

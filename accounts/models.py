@@ -17,13 +17,17 @@ class BillingAccount(models.Model):
         on_delete=models.PROTECT,
         related_name="billing_accounts",
     )
-    # Moved only by the ledger trigger (migration 0002) in the same statement
+    # Moved only by the ledger trigger (migration 0003) in the same statement
     # that appends a CreditLedgerEntry; the database refuses any other change.
     balance_credits = models.BigIntegerField(default=0, editable=False)
+    # The credits of its open holds (status held), moved only by the holds' trigger (migration 0006) in the
+    # statement that changes a hold: authorize reads it under the row lock, O(1) in the calls in flight.
+    held_credits = models.BigIntegerField(default=0, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name", "id"]
+        constraints = [models.CheckConstraint(condition=Q(held_credits__gte=0), name="account_held_not_negative")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.public_id})"

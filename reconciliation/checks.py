@@ -3,7 +3,7 @@
 Against LiteLLM (its spend logs of the window in reconcile_rows, matched by
 `litellm_call_id`, by `request_id` only for rows that have no call id):
 missing_receipt, cost_mismatch, unknown_to_litellm. Inside the books:
-balance_drift, orphan_usage, credits_mismatch, summary_drift, invoice_identity.
+balance_drift, held_drift, orphan_usage, credits_mismatch, summary_drift, invoice_identity.
 Each .sql file says what its kind means; parameters are named (%(since)s ...).
 """
 
@@ -73,7 +73,7 @@ def compare_with_litellm(cursor: Any, window: Window, account: BillingAccount | 
 
 
 def check_books(cursor: Any, window: Window, account: BillingAccount | None) -> None:
-    """balance_drift, orphan_usage, credits_mismatch, summary_drift, invoice_identity."""
+    """balance_drift, held_drift, orphan_usage, credits_mismatch, summary_drift, invoice_identity."""
     first_day = window.since.astimezone(UTC).date()
     last_day = (window.until - timedelta(microseconds=1)).astimezone(UTC).date()
     params = {
@@ -85,7 +85,7 @@ def check_books(cursor: Any, window: Window, account: BillingAccount | None) -> 
         "days_from": _midnight(first_day),
         "days_to": _midnight(last_day + timedelta(days=1)),
     }
-    for name in ("balance_drift", "orphan_usage", "receipt_usage", "summary_drift"):
+    for name in ("balance_drift", "held_drift", "orphan_usage", "receipt_usage", "summary_drift"):
         cursor.execute(sql(name), params)
     for month_start, month_end in month_bounds(first_day, last_day):
         month = {

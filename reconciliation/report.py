@@ -11,7 +11,14 @@ from receipts.exactjson import dumps_exact, loads_exact
 from reconciliation.window import Window
 
 LITELLM_KINDS = ("missing_receipt", "cost_mismatch", "unknown_to_litellm")
-BOOK_KINDS = ("balance_drift", "orphan_usage", "credits_mismatch", "summary_drift", "invoice_identity")
+BOOK_KINDS = (
+    "balance_drift",
+    "held_drift",
+    "orphan_usage",
+    "credits_mismatch",
+    "summary_drift",
+    "invoice_identity",
+)
 KINDS = LITELLM_KINDS + BOOK_KINDS
 
 _VERDICTS = {0: "clean", 1: "discrepancies found", 2: "a source could not be read"}

@@ -48,10 +48,11 @@ def test_the_readme_setup_installs_the_package_not_the_repository(tmp_path: Path
     env = {**base_env(), "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", "-ec", install], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    # Where the package is found, without importing LiteLLM (the proxy tests load the hook itself).
     probe = (
-        "import importlib.util, json, litellm_billing_plugin.hook as hook\n"
-        "print(json.dumps({'plugin': hook.__file__, 'service': [m for m in "
-        "('accounts', 'receipts', 'invoices', 'billing_project', 'integrations', 'tests') "
+        "import importlib.util, json\n"
+        "print(json.dumps({'plugin': importlib.util.find_spec('litellm_billing_plugin.hook').origin, "
+        "'service': [m for m in ('accounts', 'receipts', 'invoices', 'billing_project', 'integrations', 'tests') "
         "if importlib.util.find_spec(m)]}))"
     )
     plugin_env = {**env, "BILLING_SERVICE_URL": "http://127.0.0.1:9", "BILLING_AUTHORIZE_TOKEN": "t"}

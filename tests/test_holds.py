@@ -340,28 +340,42 @@ def test_the_sweep_expires_holds_past_their_ttl(
 ) -> None:
     now = timezone.now()
     ttl = timedelta(seconds=settings.BILLING_HOLD_TTL_SECONDS)
-    stale = authorize_call(
-        litellm_call_id="stale",
-        estimated_cost_usd=Decimal("0.003"),
-        key_hash=key.key_hash,
-        now=now - ttl - timedelta(seconds=1),
-    )
-    fresh = authorize_call(litellm_call_id="fresh", estimated_cost_usd=Decimal("0.002"), key_hash=key.key_hash)
-    assert stale.allowed and fresh.allowed
-    # Past its expiry a hold stops counting at once, before any sweep.
+    other = ApiKeyBindingFactory(account=BillingAccountFactory(name="Other holder"))
+    fund(other.account, 10_000)
+    before = metric("billing_holds_expired_total")
+    with django_capture_on_commit_callbacks(execute=True):
+        stale = authorize_call(
+            litellm_call_id="stale",
+            estimated_cost_usd=Decimal("0.003"),
+            key_hash=key.key_hash,
+            now=now - ttl - timedelta(seconds=1),
+        )
+        # Another account's stale hold: nothing of this account touches it, only the sweep.
+        idle = authorize_call(
+            litellm_call_id="idle",
+            estimated_cost_usd=Decimal("0.001"),
+            key_hash=other.key_hash,
+            now=now - ttl - timedelta(seconds=1),
+        )
+        fresh = authorize_call(litellm_call_id="fresh", estimated_cost_usd=Decimal("0.002"), key_hash=key.key_hash)
+    assert stale.allowed and idle.allowed and fresh.allowed
+    # Past its expiry a hold stops counting at once, before any sweep: the account's next authorize takes it off.
+    assert fresh.available_credits == 10_000 - 2_000
     assert held_credits(account=key.account) == 2_000
     assert list(open_holds(account=key.account).values_list("litellm_call_id", flat=True)) == ["fresh"]
-    before = metric("billing_holds_expired_total")
+    assert CreditHold.objects.get(litellm_call_id="stale").status == Status.EXPIRED
+    assert metric("billing_holds_expired_total") == before + 1
 
     with django_capture_on_commit_callbacks(execute=True):
         call_command("billing_worker", "--once", "--no-reconcile")
 
     assert dict(CreditHold.objects.values_list("litellm_call_id", "status")) == {
         "stale": Status.EXPIRED,
+        "idle": Status.EXPIRED,
         "fresh": Status.HELD,
     }
-    assert CreditHold.objects.get(litellm_call_id="stale").closed_at is not None
-    assert metric("billing_holds_expired_total") == before + 1
+    assert CreditHold.objects.get(litellm_call_id="idle").closed_at is not None
+    assert metric("billing_holds_expired_total") == before + 2
     assert expire_holds(now=timezone.now()) == 0  # nothing more to expire
 
 

@@ -63,7 +63,9 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import fresh_database  # noqa: E402
+from bench.common import ceiling_pgbench, find_pgbench, fresh_database, shared_bench_dir  # noqa: E402
+
+CEILING_FILES = ("ceiling_authorize_schema.sql", "ceiling_authorize.sql")
 from tests.litellm_proxy import key_hash  # noqa: E402
 
 AUTHORIZE_PATH = "/api/internal/billing/authorize"
@@ -311,6 +313,62 @@ async def open_loop(base_url: str, token: str, phase: Phase, body_of: Callable[[
         phase.elapsed_s = loop.time() - start
         phase.client_cpu = (time.process_time() - cpu) / phase.elapsed_s
     return phase
+
+
+async def closed_loop(
+    base_url: str, token: str, *, clients: int, seconds: float, body_of: Callable[[int], bytes]
+) -> tuple[float, list[float], Counter[str]]:
+    """As fast as `clients` kept-alive connections go, each sending its next request on the last answer:
+    the throughput figure compared with the raw-SQL ceiling (pgbench is closed-loop too)."""
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    counter = iter(range(10**9))
+    deadline = loop.time() + seconds
+
+    async def client() -> None:
+        connection = await RawConnection.open(base_url, headers)
+        try:
+            while loop.time() < deadline:
+                body = body_of(next(counter))
+                sent = loop.time()
+                status, _ = await connection.post(AUTHORIZE_PATH, body)
+                latencies.append((loop.time() - sent) * 1000)
+                statuses[str(status)] += 1
+        finally:
+            connection.close()
+
+    started = loop.time()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return sum(statuses.values()) / (loop.time() - started), latencies, statuses
+
+
+def ceiling_authorize(url: str, *, clients: int, seconds: float) -> dict[str, float]:
+    """../shared/bench's ceiling_authorize.sql, 1,000 accounts and one hot account, on the same server."""
+    import psycopg
+
+    directory = shared_bench_dir(CEILING_FILES)
+    pgbench = find_pgbench()
+    if pgbench is None:
+        print("bench: no pgbench found: the authorize ceiling is not measured", flush=True)
+        return {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute((directory / "ceiling_authorize_schema.sql").read_text())
+    rates = {}
+    for name, accounts in (("many", "1000"), ("hot", "1")):
+        rates[name] = ceiling_pgbench(
+            pgbench,
+            url,
+            directory / "ceiling_authorize.sql",
+            clients=clients,
+            seconds=seconds,
+            defines={"acct_max": accounts},
+        )
+        print(f"bench: ceiling_authorize.sql acct_max={accounts}: {rates[name]:,.0f}/s", flush=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS c_hold, c_hacct")
+    return rates
 
 
 def load_phases(args: argparse.Namespace, base_url: str, token: str, seeded: Seeded) -> list[Phase]:
@@ -725,6 +783,28 @@ def run(args: argparse.Namespace, url: str) -> int:
     try:
         print(PHASE_HEADER, flush=True)
         phases = load_phases(args, service.base_url, token, seeded)
+        tag = secrets.token_hex(4)
+        fifty = seeded.keys[:50]
+        throughput = {
+            "50 accounts": asyncio.run(
+                closed_loop(
+                    service.base_url,
+                    token,
+                    clients=8,
+                    seconds=args.seconds,
+                    body_of=lambda i: authorize_body(f"c-{tag}-{i}", fifty[i % len(fifty)]),
+                )
+            ),
+            "one hot account": asyncio.run(
+                closed_loop(
+                    service.base_url,
+                    token,
+                    clients=8,
+                    seconds=args.seconds,
+                    body_of=lambda i: authorize_body(f"h-{tag}-{i}", seeded.hot_key),
+                )
+            ),
+        }
         if not args.skip_plugin:
             plugin = measure_plugin(args, service.base_url, token, seeded.plugin_key)
             # The two halves of what the plugin adds: one authorize over HTTP, and the estimate before it.
@@ -735,6 +815,18 @@ def run(args: argparse.Namespace, url: str) -> int:
         service.stop()
     if plugin is not None:
         plugin.estimate_ms, plugin.estimate_usd = estimate_times(PLUGIN_BODY, args.plugin_calls, args.plugin_warmup)
+
+    ceiling = ceiling_authorize(url, clients=4, seconds=args.seconds)
+    print("\n=== authorize throughput vs the raw-SQL ceiling (same server, same run) ===")
+    print("| load | the service (8 kept-alive clients) | p99 ms | answers | ceiling (pgbench, 4 clients) | ratio |")
+    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    for (name, (rate, latencies, statuses)), key in zip(throughput.items(), ("many", "hot"), strict=True):
+        top = ceiling.get(key)
+        ratio = f"{rate / top:.2f}x" if top else "n/a"
+        print(
+            f"| {name} | {rate:,.0f}/s | {percentile(latencies, 99):.1f} | {dict(statuses)} | "
+            f"{top or float('nan'):,.0f}/s | {ratio} |"
+        )
 
     print(f"\nprofile: {args.profile_requests} authorizes in process (Django test client, no HTTP)", flush=True)
     parts, counts, total_ms = profile(args.profile_requests, token, seeded.keys, cprofile=args.cprofile)

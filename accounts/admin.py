@@ -1,9 +1,8 @@
-"""Staff admin for accounts, aliases and the ledger.
+"""Staff admin for accounts and the ledger.
 
-Writes go through accounts.services: new accounts through
-billing_account_create, new aliases through end_user_alias_create (which
-replays the usage that waited for that end user), credits through
-grant_credits from the "Grant credits" form. Ledger entries are read-only.
+Writes go through services: new accounts through billing_account_create, the
+account page's bindings through payers.services (payers/admin.py), credits
+through grant_credits from the "Grant credits" form. Ledger entries are read-only.
 """
 
 import re
@@ -14,32 +13,27 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from accounts.admin_bindings import (
+from accounts.exceptions import IdempotencyConflict
+from accounts.models import BillingAccount, CreditLedgerEntry
+from accounts.money import credits_per_usd, credits_to_usd
+from accounts.selectors import account_lookup
+from accounts.services import GRANT_REASONS, InvalidGrant, billing_account_create, grant_credits
+from billing_project.admin_tools import EstimatedCountPaginator, InputListFilter, ReadOnlyMixin, adopt_created_row
+from holds.admin import OpenCreditHoldInline, holds_summary
+from payers.admin import (
     ApiKeyBindingInline,
+    EndUserAliasInline,
     RunBindingInline,
     TeamBindingInline,
     bindings_links,
     save_binding_formset,
 )
-from accounts.admin_holds import OpenCreditHoldInline, holds_summary
-from accounts.exceptions import IdempotencyConflict
-from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
-from accounts.money import credits_per_usd, credits_to_usd
-from accounts.services import (
-    GRANT_REASONS,
-    InvalidGrant,
-    billing_account_create,
-    end_user_alias_create,
-    grant_credits,
-)
-from billing_project.admin_mixins import ReadOnlyMixin
-from billing_project.admin_tools import EstimatedCountPaginator, InputListFilter
 from receipts.models import ChargeReceipt
 
 admin.site.site_header = "LLM usage billing"
@@ -51,14 +45,6 @@ admin.site.enable_nav_sidebar = False
 GRANT_KEY_PREFIX = "admin-grant-"
 _GRANT_KEY_RE = re.compile(rf"^{GRANT_KEY_PREFIX}[0-9a-f]{{32}}$")
 GRANT_PERMISSION = "accounts.add_creditledgerentry"
-
-
-def _adopt(obj: Model, created: Model) -> None:
-    """Make the admin's unsaved instance the row a service just created (so the admin can go on with it)."""
-    for field in obj._meta.concrete_fields:
-        setattr(obj, field.attname, getattr(created, field.attname))
-    obj._state.adding = False
-    obj._state.db = created._state.db
 
 
 class AccountFilter(InputListFilter):
@@ -73,34 +59,13 @@ class AccountFilter(InputListFilter):
         value = (self.value() or "").strip()
         if not value:
             return queryset
-        if value.isdigit():
-            return queryset.filter(**{f"{self.account_field}_id": int(value)})
-        try:
-            public_id = uuid.UUID(value)
-        except ValueError:
-            return queryset.none()
-        account_id = BillingAccount.objects.filter(public_id=public_id).values_list("id", flat=True).first()
-        return queryset.filter(**{f"{self.account_field}_id": account_id}) if account_id else queryset.none()
+        account = account_lookup(reference=value, by_database_id=True)
+        return queryset.filter(**{f"{self.account_field}_id": account.pk}) if account else queryset.none()
 
 
 def account_link(account_id: int, label: object, changelist: str) -> str:
     """A link to `changelist` filtered to one account."""
     return format_html('<a href="{}?account={}">{}</a>', reverse(changelist), account_id, label)
-
-
-class EndUserAliasInline(admin.TabularInline):
-    """Existing aliases are read-only; new ones are created by end_user_alias_create (see save_formset)."""
-
-    model = EndUserAlias
-    extra = 0
-    fields = ["end_user", "created_at"]
-    readonly_fields = ["created_at"]
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class GrantCreditsForm(forms.Form):
@@ -139,7 +104,7 @@ class BillingAccountAdmin(admin.ModelAdmin):
     readonly_fields = ["public_id", "balance_credits", "balance_usd", "holds", "created_at", "books", "payers"]
     raw_id_fields = ["owner"]
     list_select_related = ["owner"]
-    # Who pays: the account's keys, teams, runs and end-user aliases (accounts/admin_bindings.py).
+    # Who pays: the account's keys, teams, runs and end-user aliases (payers/admin.py).
     inlines = [ApiKeyBindingInline, TeamBindingInline, RunBindingInline, EndUserAliasInline, OpenCreditHoldInline]
     change_form_template = "admin/accounts/billingaccount/change_form.html"
 
@@ -174,7 +139,7 @@ class BillingAccountAdmin(admin.ModelAdmin):
             # Only name and owner are editable; the balance is moved by the ledger trigger alone.
             obj.save(update_fields=["name", "owner"])
         else:
-            _adopt(obj, billing_account_create(name=obj.name, owner=obj.owner))
+            adopt_created_row(obj, billing_account_create(name=obj.name, owner=obj.owner))
 
     def get_inlines(self, request: HttpRequest, obj: Any) -> list:
         # Keys, teams and runs are bound once the account exists; the add page keeps its alias inline only.
@@ -185,18 +150,8 @@ class BillingAccountAdmin(admin.ModelAdmin):
         return bindings_links(account.pk) if account.pk else "-"
 
     def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
-        if save_binding_formset(request=request, form=form, formset=formset):
-            return
-        if formset.model is not EndUserAlias:
+        if not save_binding_formset(request=request, form=form, formset=formset):
             super().save_formset(request, form, formset, change)
-            return
-        created = []
-        for alias in formset.save(commit=False):
-            if alias.pk is None:
-                new = end_user_alias_create(account=form.instance, end_user=alias.end_user)
-                _adopt(alias, new)
-                created.append(alias)
-        formset.new_objects = created
 
     # --- the "grant credits" form ---------------------------------------------------------
 
@@ -277,24 +232,6 @@ class BillingAccountAdmin(admin.ModelAdmin):
                 "nothing was added this time.",
             )
         return HttpResponseRedirect(reverse("admin:accounts_billingaccount_change", args=[account.pk]))
-
-
-@admin.register(EndUserAlias)
-class EndUserAliasAdmin(admin.ModelAdmin):
-    """Aliases are created through end_user_alias_create (which replays waiting usage) and never edited."""
-
-    list_display = ["end_user", "account", "created_at"]
-    search_fields = ["=end_user", "account__name"]
-    raw_id_fields = ["account"]
-    list_select_related = ["account"]
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return obj is None and super().has_change_permission(request, obj)
-
-    def save_model(self, request: HttpRequest, obj: EndUserAlias, form: Any, change: bool) -> None:
-        if change:
-            raise PermissionDenied("aliases are not edited; delete it and add a new one")
-        _adopt(obj, end_user_alias_create(account=obj.account, end_user=obj.end_user))
 
 
 @admin.register(CreditLedgerEntry)

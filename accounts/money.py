@@ -65,11 +65,6 @@ def charged_credits(cost_usd: Decimal, *, credits_per_usd: Decimal, markup: Deci
     return int(exact.to_integral_value(rounding=ROUND_CEILING))
 
 
-def usd_to_credits(cost_usd: Decimal) -> int:
-    """charged_credits() at today's rate (CREDITS_PER_USD × BILLING_MARKUP)."""
-    return current_charge_rate().credits_for(cost_usd)
-
-
 def credits_to_usd(amount_credits: int) -> Decimal:
     """USD value of credits at the configured rate (what a credit costs the customer)."""
     return _CONTEXT.divide(Decimal(amount_credits), credits_per_usd()).quantize(USD_QUANTUM)

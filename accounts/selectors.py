@@ -1,26 +1,12 @@
 """Reads of accounts and the ledger. Balances come from the ledger's own rows."""
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from uuid import UUID
 
-from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet, Sum
+from django.db.models import QuerySet
+from django.http import Http404
 
-from accounts.models import (
-    ApiKeyBinding,
-    BillingAccount,
-    CreditLedgerEntry,
-    EndUserAlias,
-    PayerSource,
-    RunBinding,
-    TeamBinding,
-)
-
-
-def ledger_sum(*, account: BillingAccount) -> int:
-    total = CreditLedgerEntry.objects.filter(account=account).aggregate(s=Sum("amount_credits"))["s"]
-    return int(total or 0)
+from accounts.models import BillingAccount
 
 
 def accounts_for_user(*, user: AbstractBaseUser) -> QuerySet[BillingAccount]:
@@ -29,127 +15,35 @@ def accounts_for_user(*, user: AbstractBaseUser) -> QuerySet[BillingAccount]:
     return BillingAccount.objects.filter(owner=user).order_by("id")
 
 
-def ledger_entries(*, account: BillingAccount) -> QuerySet[CreditLedgerEntry]:
-    return CreditLedgerEntry.objects.filter(account=account).order_by("id")
+def account_lookup(
+    *, reference: object, owner: AbstractBaseUser | None = None, by_database_id: bool = False
+) -> BillingAccount | None:
+    """The one account lookup: by its public UUID (staff tools also by database id), or None.
 
-
-# --- Who pays: the one resolver (SERVER_DERIVES_IDENTITY) -------------------------------
-
-
-@dataclass(frozen=True)
-class PayerQuery:
-    """What LiteLLM logged about the caller of one record; "" when absent.
-
-    key_hash: `metadata.user_api_key_hash`; team_id: `metadata.user_api_key_team_id`;
-    end_user: the record's end user; run_id: `metadata.spend_logs_metadata.run_id`
-    only when the caller sent one (not the litellm_call_id fallback).
+    With `owner`, only that user's accounts: someone else's is None too, so pages answer 404 and
+    never reveal that it exists. A malformed reference is None, never an error.
     """
-
-    key_hash: str = ""
-    team_id: str = ""
-    end_user: str = ""
-    run_id: str = ""
-
-
-@dataclass(frozen=True)
-class PayerDecision:
-    account_id: int
-    source: PayerSource
-
-
-def run_id_from_end_user(end_user: str) -> str:
-    """The run id of an executor's `end_user = "{run_id}/{attempt}"`, or "".
-
-    Split at the LAST "/" and require digits after it, so run ids may contain "/".
-    """
-    run_id, slash, attempt = end_user.rpartition("/")
-    if not slash or not run_id or not attempt.isascii() or not attempt.isdigit():
-        return ""
-    return run_id
-
-
-def _run_candidates(query: PayerQuery) -> list[str]:
-    candidates = [query.run_id] if query.run_id else []
-    from_end_user = run_id_from_end_user(query.end_user)
-    if from_end_user and from_end_user not in candidates:
-        candidates.append(from_end_user)
-    return candidates
-
-
-def resolve_payers(*, queries: Sequence[PayerQuery]) -> list[PayerDecision | None]:
-    """The paying account of each query, in order; None means unknown payer (defer it).
-
-    1. the key's binding, unless it is a gateway key;
-    2. the team's binding;
-    3. only for a gateway key, or with BILLING_TRUST_END_USER: the registered run
-       (metadata run_id, else the run of an end user "{run_id}/{attempt}"),
-       then the end user's alias.
-    A caller can name any run or end user it likes, so those never decide the payer
-    of a record from an ordinary key. At most four queries per batch, whatever its size.
-    """
-    key_hashes = {q.key_hash for q in queries if q.key_hash}
-    keys = (
-        {
-            h: (a, g)
-            for h, a, g in ApiKeyBinding.objects.filter(key_hash__in=key_hashes).values_list(
-                "key_hash", "account_id", "is_gateway"
-            )
-        }
-        if key_hashes
-        else {}
-    )
-    team_ids = {q.team_id for q in queries if q.team_id}
-    teams = (
-        dict(TeamBinding.objects.filter(team_id__in=team_ids).values_list("team_id", "account_id")) if team_ids else {}
-    )
-    trust_all = bool(settings.BILLING_TRUST_END_USER)
-
-    def trusted(q: PayerQuery) -> bool:
-        return trust_all or keys.get(q.key_hash, (0, False))[1]
-
-    open_queries = [q for q in queries if not (q.key_hash in keys and not keys[q.key_hash][1]) and trusted(q)]
-    run_ids = {r for q in open_queries for r in _run_candidates(q)}
-    runs = dict(RunBinding.objects.filter(run_id__in=run_ids).values_list("run_id", "account_id")) if run_ids else {}
-    end_users = {q.end_user for q in open_queries if q.end_user}
-    aliases = (
-        dict(EndUserAlias.objects.filter(end_user__in=end_users).values_list("end_user", "account_id"))
-        if end_users
-        else {}
-    )
-
-    decisions: list[PayerDecision | None] = []
-    for q in queries:
-        decisions.append(_decide(q, keys=keys, teams=teams, runs=runs, aliases=aliases, trusted=trusted(q)))
-    return decisions
-
-
-def _decide(
-    q: PayerQuery,
-    *,
-    keys: dict[str, tuple[int, bool]],
-    teams: dict[str, int],
-    runs: dict[str, int],
-    aliases: dict[str, int],
-    trusted: bool,
-) -> PayerDecision | None:
-    key = keys.get(q.key_hash) if q.key_hash else None
-    if key is not None and not key[1]:
-        return PayerDecision(account_id=key[0], source=PayerSource.KEY)
-    if q.team_id and q.team_id in teams:
-        return PayerDecision(account_id=teams[q.team_id], source=PayerSource.TEAM)
-    if not trusted:
+    query = BillingAccount.objects.all() if owner is None else accounts_for_user(user=owner)
+    text = str(reference).strip()
+    if by_database_id and text.isascii() and text.isdigit():
+        return query.filter(pk=int(text)).first() if len(text) <= 18 else None
+    try:
+        public_id = reference if isinstance(reference, UUID) else UUID(text)
+    except ValueError:
         return None
-    for run_id in _run_candidates(q):
-        if run_id in runs:
-            return PayerDecision(account_id=runs[run_id], source=PayerSource.RUN)
-    if q.end_user and q.end_user in aliases:
-        return PayerDecision(account_id=aliases[q.end_user], source=PayerSource.END_USER)
-    return None
+    return query.filter(public_id=public_id).first()
 
 
-def resolve_payer(
-    *, key_hash: str = "", team_id: str = "", end_user: str = "", run_id: str = ""
-) -> PayerDecision | None:
-    """resolve_payers() for one record."""
-    query = PayerQuery(key_hash=key_hash, team_id=team_id, end_user=end_user, run_id=run_id)
-    return resolve_payers(queries=[query])[0]
+def account_for_user(*, user: AbstractBaseUser, public_id: str | UUID | None = None) -> BillingAccount | None:
+    """The user's account named by `public_id` (their first account when None), or None."""
+    if public_id in (None, ""):
+        return accounts_for_user(user=user).first()
+    return account_lookup(reference=public_id, owner=user)
+
+
+def account_for_user_or_404(*, user: AbstractBaseUser, public_id: str | UUID | None = None) -> BillingAccount:
+    """account_for_user(), or Http404 (the same answer whether the account is someone else's or none)."""
+    account = account_for_user(user=user, public_id=public_id)
+    if account is None:
+        raise Http404("no such billing account")
+    return account

@@ -13,10 +13,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
-from accounts.exceptions import IdempotencyConflict, InvalidLedgerOperation
-from accounts.models import BillingAccount, CreditLedgerEntry, EndUserAlias
+from accounts.exceptions import FieldError, IdempotencyConflict, InvalidLedgerOperation
+from accounts.models import BillingAccount, CreditLedgerEntry
 from accounts.money import BIGINT_MAX, BIGINT_MIN, fits_bigint
-from accounts.payer_services import end_user_alias_bind
 
 Reason = CreditLedgerEntry.Reason
 GRANT_REASONS = frozenset({Reason.TOP_UP, Reason.GRANT, Reason.REFUND, Reason.ADJUSTMENT})
@@ -29,12 +28,8 @@ class GrantResult:
     created: bool
 
 
-class InvalidGrant(InvalidLedgerOperation):
+class InvalidGrant(FieldError, InvalidLedgerOperation):
     """A grant the ledger refuses; `field` names the input at fault (API and admin form show it there)."""
-
-    def __init__(self, message: str, *, field: str) -> None:
-        super().__init__(message)
-        self.field = field
 
 
 def validate_grant(*, amount_credits: int, reason: str) -> None:
@@ -121,9 +116,3 @@ def _replayed(existing: CreditLedgerEntry, *, account: BillingAccount, amount_cr
 @transaction.atomic
 def billing_account_create(*, name: str, owner: AbstractBaseUser | None = None) -> BillingAccount:
     return BillingAccount.objects.create(name=name, owner=owner)
-
-
-@transaction.atomic
-def end_user_alias_create(*, account: BillingAccount, end_user: str) -> EndUserAlias:
-    """Map a LiteLLM end user to an account (idempotent); payer_binding_created replays what waited for it."""
-    return end_user_alias_bind(account=account, end_user=end_user).binding

@@ -1,4 +1,3 @@
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
@@ -6,9 +5,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.exceptions import IdempotencyConflict
+from accounts.fields import AccountField
 from accounts.models import BillingAccount, CreditLedgerEntry
+from accounts.money import credits_to_usd
+from accounts.selectors import account_for_user_or_404
 from accounts.services import GRANT_REASONS, InvalidGrant, grant_credits
-from billing_project.api import AdminApiTokenAuthentication, IsInternalService, error_responses
+from billing_project.api import AdminApiTokenAuthentication, IsInternalService, error_response, error_responses
+from holds.selectors import credit_availability
 
 
 class CreditGrantApi(APIView):
@@ -19,16 +22,11 @@ class CreditGrantApi(APIView):
 
     @extend_schema_serializer(component_name="CreditGrantRequest")
     class InputSerializer(serializers.Serializer):
-        account = serializers.UUIDField()
+        account = AccountField()
         amount_credits = serializers.IntegerField()
         reason = serializers.ChoiceField(choices=sorted(GRANT_REASONS))
         idempotency_key = serializers.CharField(max_length=255, required=False, allow_blank=False)
         memo = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
-
-        def validate_account(self, value):  # type: ignore[no-untyped-def]
-            if not BillingAccount.objects.filter(public_id=value).exists():
-                raise serializers.ValidationError("no billing account has this id")
-            return value
 
     @extend_schema_serializer(component_name="CreditGrantResult")
     class OutputSerializer(serializers.Serializer):
@@ -61,7 +59,7 @@ class CreditGrantApi(APIView):
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         params = data.validated_data
-        account = get_object_or_404(BillingAccount, public_id=params["account"])
+        account = params["account"]
         try:
             result = grant_credits(
                 account=account,
@@ -71,11 +69,44 @@ class CreditGrantApi(APIView):
                 memo=params["memo"],
             )
         except IdempotencyConflict as exc:
-            return Response({"error": str(exc), "field": "idempotency_key"}, status=status.HTTP_409_CONFLICT)
+            return error_response(str(exc), http_status=status.HTTP_409_CONFLICT, field="idempotency_key")
         except InvalidGrant as exc:  # amounts are judged by the service alone (accounts.services.validate_grant)
-            return Response({"error": str(exc), "field": exc.field}, status=status.HTTP_400_BAD_REQUEST)
+            return error_response(str(exc), http_status=status.HTTP_400_BAD_REQUEST, field=exc.field)
         account.refresh_from_db(fields=["balance_credits"])
         body = self.OutputSerializer(
             {"entry": result.entry, "balance_credits": account.balance_credits, "created": result.created}
         ).data
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+
+class BalanceApi(APIView):
+    """GET /billing/balance[?account=<uuid>] → balance, its USD value, and available (balance − open holds)."""
+
+    class InputSerializer(serializers.Serializer):
+        account = serializers.UUIDField(required=False, allow_null=True, default=None)
+
+    @extend_schema_serializer(component_name="Balance")
+    class OutputSerializer(serializers.Serializer):
+        account = serializers.UUIDField(source="public_id")
+        balance_credits = serializers.IntegerField()
+        balance_usd = serializers.SerializerMethodField()
+
+        def get_balance_usd(self, account: BillingAccount) -> str:
+            return f"{credits_to_usd(account.balance_credits):.6f}"
+
+        available_credits = serializers.SerializerMethodField(help_text="balance − credits held by calls in flight")
+        held_credits = serializers.SerializerMethodField(help_text="credits held by calls in flight (open holds)")
+
+        def get_available_credits(self, account: BillingAccount) -> int:
+            return self.context["availability"].available_credits
+
+        def get_held_credits(self, account: BillingAccount) -> int:
+            return self.context["availability"].held_credits
+
+    @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer})
+    def get(self, request: Request) -> Response:
+        params = self.InputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        account = account_for_user_or_404(user=request.user, public_id=params.validated_data["account"])
+        availability = credit_availability(account=account)
+        return Response(self.OutputSerializer(account, context={"availability": availability}).data)

@@ -8,7 +8,7 @@
 What it does (bench/README.md, "Authorize and the plugin (issue 11)", has the figures):
 1. PostgreSQL: DATABASE_URL's server if set (a fresh database, dropped at the end), else a throwaway
    embedded server (bench/common.py); `migrate`; --accounts billing accounts, each bound by the sha256 of
-   its own key (accounts.payer_services.api_key_binding_create) and credited (accounts.services.grant_credits),
+   its own key (payers.services.api_key_binding_create) and credited (accounts.services.grant_credits),
    plus one "hot" account and one account for the plugin's key.
 2. The service as deployed: gunicorn with billing_project/gunicorn.conf.py (gthread), DEBUG off
    (tests/gunicorn_server.py start_service; 3 workers x 8 threads, the deployed defaults, unless told).
@@ -134,8 +134,8 @@ class Seeded:
 
 
 def seed(accounts: int) -> Seeded:
-    from accounts.payer_services import api_key_binding_create
     from accounts.services import billing_account_create, grant_credits
+    from payers.services import api_key_binding_create
 
     def account_with_key(name: str) -> str:
         account = billing_account_create(name=name)
@@ -659,7 +659,7 @@ def profile(
     from django.db import close_old_connections, connections
     from django.test import Client
 
-    import accounts.hold_views as hold_views
+    import holds.views as hold_views
 
     conn = connections["default"]
     sql_ms: dict[str, float] = defaultdict(float)

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from billing_project.embedded_pg import start_embedded_postgres
+
 
 def fresh_database(prefix: str) -> tuple[str, Callable[[], None]]:
     """(DATABASE_URL of a new, empty database named <prefix>_<random>, cleanup).
@@ -21,8 +23,6 @@ def fresh_database(prefix: str) -> tuple[str, Callable[[], None]]:
     name = f"{prefix}_{secrets.token_hex(4)}"
     url = os.environ.get("DATABASE_URL", "")
     if not url:
-        from billing_project.embedded_pg import start_embedded_postgres
-
         server, new_url = start_embedded_postgres(database=name)
         print(f"bench: embedded PostgreSQL in a temp dir ({new_url})", flush=True)
         return new_url, lambda: server.cleanup()  # type: ignore[attr-defined]

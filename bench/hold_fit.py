@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/hold_fit.py [--calls 3000] [--seed 7]
 
-A simulation of the service's own sizing rule (accounts.hold_services: p99_output_tokens, held_output_tokens,
+A simulation of the service's own sizing rule (holds.services: p99_output_tokens, held_output_tokens,
 the settings' history length and default), no database: each key calls its model group in a stream; every
 call's hold is computed from the key's previous BILLING_HOLD_HISTORY_CALLS charges exactly as authorize does,
 then its real charge (prompt + actual output, at gpt-4o-mini's prices) is compared with it. Clients that send
@@ -32,7 +32,7 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 
-from accounts.hold_services import held_output_tokens, p99_output_tokens  # noqa: E402
+from holds.services import held_output_tokens, p99_output_tokens  # noqa: E402
 
 INPUT = Decimal("0.00000015")  # gpt-4o-mini, per token
 OUTPUT = Decimal("0.0000006")

@@ -578,8 +578,9 @@ def main(argv: list[str] | None = None) -> int:
     from django.core.management import call_command
     from django.db import connection
 
-    from accounts.models import ApiKeyBinding, BillingAccount, EndUserAlias
+    from accounts.models import BillingAccount
     from billing_project.db import conninfo_from_settings
+    from payers.models import ApiKeyBinding, EndUserAlias
     from tests.gunicorn_server import start_service
 
     log_dir = Path(tempfile.mkdtemp(prefix="bench-ingest-"))

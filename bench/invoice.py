@@ -72,7 +72,7 @@ GROUPS = [
 
 # Receipt i (i = first .. last) of account %(account)s: a deterministic call id, a model group
 # from GROUPS, a cost of k/1,000,000 USD with k in 1..997, charged as ceil(cost × rate × markup)
-# like accounts.money.usd_to_credits, at an evenly spread time from %(start)s by %(step)s seconds.
+# like accounts.money.charged_credits, at an evenly spread time from %(start)s by %(step)s seconds.
 RECEIPTS_SQL = """
 INSERT INTO receipts_chargereceipt (
     account_id, source_system, source_reference, litellm_call_id, request_id, run_id, attempt, status,
@@ -189,7 +189,8 @@ def add_credit(account_id: int, amount: int, reason: str, at: datetime) -> None:
 
 # --- ingest-side cost of the summary trigger ----------------------------------------------------------
 
-MIGRATION_0003 = "invoices.migrations.0003_payer_summary_statement_trigger"
+# Migration 0002's row-level trigger (its SQL file, up to the summary guard that 0002 also installs).
+ROW_TRIGGER_SQL = Path(__file__).resolve().parent.parent / "invoices/migrations/sql/0002_summary_trigger.sql"
 # (label, SQL run first in the transaction): which summary trigger the timed INSERT fires.
 TRIGGER_VARIANTS = [
     ("no summary trigger (ledger_apply only)", "ALTER TABLE accounts_creditledgerentry DISABLE TRIGGER {statement}"),
@@ -213,11 +214,9 @@ def trigger_cost(*, account_id: int, day: datetime, batch: int, runs: int) -> li
     Variants take turns, so load from elsewhere falls on all of them alike. The row-level trigger of
     migration 0002 is created for the measurement (disabled) and dropped at the end.
     """
-    import importlib
-
     from django.db import connection, transaction
 
-    row_trigger = importlib.import_module(MIGRATION_0003).ROW_TRIGGER
+    row_trigger = ROW_TRIGGER_SQL.read_text().split("-- Only the ledger trigger")[0]
     with connection.cursor() as cursor:
         cursor.execute(row_trigger)
         cursor.execute("ALTER TABLE accounts_creditledgerentry DISABLE TRIGGER ledger_summarise")
@@ -364,9 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     from django.test import Client
 
     from accounts.models import CreditLedgerEntry
-    from accounts.services import billing_account_create, end_user_alias_create
+    from accounts.services import billing_account_create
     from invoices.models import LedgerDailySummary
     from invoices.selectors import current_period, invoice_for_account
+    from payers.services import end_user_alias_create
     from receipts.models import ChargeReceipt
 
     try:

@@ -220,8 +220,8 @@ def cost_of(i: int) -> Decimal:
 
 def generate_day(conn: Any, *, day: int, start: datetime, rows: int, accounts: list[int]) -> dict[str, int]:
     """COPY a day's spend logs and receipts, plant discrepancies, debit the rest; returns what was planted."""
-    from accounts.money import usd_to_credits
-    from receipts.exactjson import dumps_exact
+    from accounts.money import current_charge_rate
+    from billing_project.exactjson import dumps_exact
     from receipts.models import ChargeReceipt
     from tests.litellm_standin import API_KEY_HASH, spend_logs_metadata
 
@@ -291,7 +291,7 @@ def generate_day(conn: Any, *, day: int, start: datetime, rows: int, accounts: l
             at = start + timedelta(seconds=i * step)
             cid = call_id(day, i)
             cost = cost_of(i) + (Decimal("0.000001") if i in mismatched else 0)
-            credits = usd_to_credits(cost) + (1 if i in miscredited else 0)
+            credits = current_charge_rate().credits_for(cost) + (1 if i in miscredited else 0)
             values = {
                 "account": accounts[i % ACCOUNTS],
                 "source_system": "litellm",

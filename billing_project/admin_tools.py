@@ -120,3 +120,24 @@ class ExactSearchMixin:
         for field in self.exact_search_fields:
             condition |= Q(**{field: term})
         return queryset.filter(condition), False
+
+
+class ReadOnlyMixin:
+    """Admin for immutable records (ledger entries, receipts): view only."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def adopt_created_row(obj: Model, created: Model) -> None:
+    """Make the admin's unsaved instance the row a service just created (so the admin can go on with it)."""
+    for field in obj._meta.concrete_fields:
+        setattr(obj, field.attname, getattr(created, field.attname))
+    obj._state.adding = False
+    obj._state.db = created._state.db

@@ -20,6 +20,9 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from billing_project.scopes import SCOPE_SETTINGS, TokenScope
 from billing_project.text_rules import call_id_problem, control_character_problem
 
+# Where the internal APIs (LiteLLM, gateways, payment systems) live; each app's urls.py mounts its own under it.
+INTERNAL_API = "api/internal/billing/"
+
 
 def scope_token(scope: TokenScope) -> str:
     """The token a scope accepts: its own setting, else BILLING_INGEST_TOKEN (an upgrade keeps working)."""
@@ -73,7 +76,7 @@ def internal_only(
         try:
             internal_bearer_token(request, scope=scope)
         except exceptions.APIException as exc:
-            response = JsonResponse({"error": str(exc.detail), "field": "Authorization"}, status=401)
+            response = JsonResponse(error_body(str(exc.detail), field="Authorization"), status=401)
             response["WWW-Authenticate"] = WWW_AUTHENTICATE
             return response
         return view(request, *args, **kwargs)
@@ -111,6 +114,16 @@ class IsInternalService(BasePermission):
         return isinstance(request.user, InternalService)
 
 
+def error_body(message: str, *, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The one JSON error body of every endpoint: `{"error": message, "field": the input at fault, ...}`."""
+    return {"error": message, **({"field": field} if field else {}), **extra}
+
+
+def error_response(message: str, *, http_status: int, field: str | None = None, **extra: Any) -> Response:
+    """A DRF response carrying error_body()."""
+    return Response(error_body(message, field=field, **extra), status=http_status)
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF errors as `{"error": <message>, "detail": ...}` so clients always get a named problem."""
     response = drf_exception_handler(exc, context)
@@ -118,11 +131,11 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return None
     data = response.data
     if isinstance(data, dict) and set(data) == {"detail"}:
-        response.data = {"error": str(data["detail"])}
+        response.data = error_body(str(data["detail"]))
     elif isinstance(data, dict) and "error" not in data:
-        response.data = {"error": "invalid request", "fields": data}
+        response.data = error_body("invalid request", fields=data)
     elif isinstance(data, list):
-        response.data = {"error": "invalid request", "detail": data}
+        response.data = error_body("invalid request", detail=data)
     return response
 
 
@@ -204,5 +217,5 @@ def error_responses(*codes: int, **descriptions: str) -> dict[int, OpenApiRespon
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """404 for a URL no route matches: JSON under /api/ (clients parse it), Django's page elsewhere."""
     if request.path.startswith("/api/"):
-        return JsonResponse({"error": f"no such endpoint: {request.path[:200]}", "field": "path"}, status=404)
+        return JsonResponse(error_body(f"no such endpoint: {request.path[:200]}", field="path"), status=404)
     return page_not_found(request, exception)

@@ -4,6 +4,9 @@ from typing import Any
 
 import psycopg
 
+# Rows per multi-row INSERT statement on the billing path (receipts, ledger entries, deferrals).
+INSERT_CHUNK_ROWS = 1000
+
 
 def conninfo_from_settings(settings_dict: dict[str, Any]) -> str:
     """A libpq conninfo string for a Django DATABASES entry (HOST may be a Unix-socket directory)."""

@@ -38,7 +38,10 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "csp",
     "axes",
+    "billing_project",
     "accounts",
+    "payers",
+    "holds",
     "receipts",
     "invoices",
     "reconciliation",
@@ -298,7 +301,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": timedelta(seconds=BILLING_RECONCILE_SECONDS),
     },
     "expire-credit-holds": {
-        "task": "accounts.tasks.expire_credit_holds",
+        "task": "holds.tasks.expire_credit_holds",
         "schedule": timedelta(seconds=BILLING_DEFERRED_SWEEP_SECONDS),
     },
     "purge-delivery-bodies": {

@@ -1,6 +1,7 @@
 from django.db import models
 
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
+from payers.models import shortened_key_hash
 
 
 class LedgerSums(models.Model):
@@ -20,9 +21,10 @@ class LedgerSums(models.Model):
 class LedgerDailySummary(LedgerSums):
     """Per account, UTC day, reason and model group: the sums of the ledger.
 
-    Written only by the database trigger that fires on every ledger INSERT
-    (migration 0002), in the same transaction as the entry it summarises, so
-    it cannot drift; `manage.py reconcile` still checks it against the ledger.
+    Written only by the ledger's statement trigger `ledger_summarise_statement`
+    (invoices/migrations/sql/0003_payer_summary_statement_trigger.sql, body in 0004), in the same
+    transaction as the entry it summarises, so it cannot drift; `manage.py reconcile` still checks it
+    against the ledger.
     Invoices read it to stay fast on accounts with millions of entries.
     """
 
@@ -56,7 +58,7 @@ class LedgerPayerSummary(LedgerSums):
 
     account = models.ForeignKey("accounts.BillingAccount", on_delete=models.PROTECT, related_name="+")
     day = models.DateField()
-    # The receipt's `metadata.user_api_key_hash` ("" when LiteLLM logged none).
+    # The receipt's key hash ("" when LiteLLM logged none).
     api_key_hash = models.CharField(max_length=255, blank=True, default="")
     end_user = models.CharField(max_length=255, blank=True, default="")
     # The greatest key alias seen for the bucket (a label, not part of the key: one hash, one line).
@@ -72,4 +74,5 @@ class LedgerPayerSummary(LedgerSums):
         # The unique index leads with (account, day): it serves the invoice's range scan too.
 
     def __str__(self) -> str:
-        return f"{self.account_id} {self.day} {self.api_key_hash[:12]} {self.end_user}: {self.amount_credits}"
+        key = shortened_key_hash(self.api_key_hash)
+        return f"{self.account_id} {self.day} {key} {self.end_user}: {self.amount_credits}"

@@ -1,9 +1,10 @@
 """Invoice reads: one month of one account, from the ledger's daily summary.
 
 Every number here comes from invoices.LedgerDailySummary, which the ledger's
-own INSERT trigger writes in the same transaction as each entry (migration
-invoices/0002), so the invoice reads the ledger's sums without scanning the
-ledger: a month with a million usage entries is a few hundred summary rows.
+own INSERT trigger writes in the same transaction as each entry (trigger
+ledger_summarise_statement, invoices/migrations/sql/0004_summary_trigger_index_join.sql), so the
+invoice reads the ledger's sums without scanning the ledger: a month with a million usage entries is
+a few hundred summary rows.
 
 Identity (SPEC section 7): opening + added − used = closing, exactly, where
   opening = sum of every entry before the period,
@@ -24,18 +25,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from uuid import UUID
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import Sum
 from django.utils import timezone
 
 from accounts.models import BillingAccount, CreditLedgerEntry
 from accounts.money import credits_per_usd, credits_to_usd
-from accounts.selectors import accounts_for_user
+from billing_project.dates import utc_midnight
 from invoices.models import LedgerDailySummary, LedgerPayerSummary
+from payers.models import shortened_key_hash
 
 Reason = CreditLedgerEntry.Reason
 # Credits added, in the order every surface lists them (all four, even at 0).
@@ -97,22 +97,6 @@ def parse_period(text: str | None, *, now: datetime | None = None) -> Period:
     if period > current_period(now=now):
         raise InvalidPeriod(f"period {period.label} has not started yet")
     return period
-
-
-def account_for_user(*, user: AbstractBaseUser, public_id: str | UUID | None = None) -> BillingAccount | None:
-    """The user's account named by `public_id` (their first account when None), or None.
-
-    None also when the id is malformed or belongs to someone else: callers
-    answer 404 and never reveal whether another user's account exists.
-    """
-    accounts = accounts_for_user(user=user)
-    if public_id in (None, ""):
-        return accounts.first()
-    try:
-        wanted = public_id if isinstance(public_id, UUID) else UUID(str(public_id))
-    except ValueError:
-        return None
-    return accounts.filter(public_id=wanted).first()
 
 
 @dataclass(frozen=True)
@@ -226,6 +210,18 @@ class Invoice:
     through: date
     # The period has not ended: the closing balance is the balance so far.
     is_running: bool
+    # The balance the ledger trigger wrote (balance_after) on the account's last entry before the period,
+    # and before its end: read apart from the summed movements above, so the two can disagree.
+    ledger_opening_credits: int
+    ledger_closing_credits: int
+
+    @property
+    def ties_out(self) -> bool:
+        """opening and closing (the summary's sums) equal the ledger's own balance at both edges."""
+        return (self.opening_credits, self.closing_credits) == (
+            self.ledger_opening_credits,
+            self.ledger_closing_credits,
+        )
 
     @property
     def opening_usd(self) -> Decimal:
@@ -334,7 +330,26 @@ def invoice_for_account(*, account: BillingAccount, period: Period, now: datetim
         credits_per_usd=credits_per_usd(),
         through=through,
         is_running=is_running,
+        ledger_opening_credits=ledger_balance_before(account=account, moment=utc_midnight(start)),
+        ledger_closing_credits=ledger_balance_before(account=account, moment=utc_midnight(end)),
     )
+
+
+def ledger_balance_before(*, account: BillingAccount, moment: datetime) -> int:
+    """The account's balance_after on its last ledger entry before `moment` (0 before its first).
+
+    Latest by created_at, the time the summary buckets by (index ledger_account_time, read backwards): one
+    index probe, whatever the account's size. created_at order is the balance_after chain's order because
+    entries are stamped as they are written; an entry written later with an earlier created_at (an import,
+    a test's frozen clock) would show ✗ for the months in between, as it should: the chain says otherwise.
+    """
+    balance = (
+        CreditLedgerEntry.objects.filter(account=account, created_at__lt=moment)
+        .order_by("-created_at", "-id")
+        .values_list("balance_after", flat=True)
+        .first()
+    )
+    return int(balance or 0)
 
 
 def _reason_label(reason: str) -> str:
@@ -395,4 +410,4 @@ def api_key_label(key_hash: str, alias: str) -> str:
         return alias
     if not key_hash:
         return "(no key)"
-    return f"{key_hash[:12]}…" if len(key_hash) > 16 else key_hash
+    return shortened_key_hash(key_hash)

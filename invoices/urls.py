@@ -1,12 +1,11 @@
 from django.urls import path
 from django.views.generic import RedirectView
 
-from invoices.views import BalanceApi, InvoiceApi, InvoicePageView
+from invoices.views import InvoiceApi, InvoicePageView
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="invoice-current"), name="home"),
     path("billing/invoice/", InvoicePageView.as_view(), name="invoice-current"),
     path("billing/invoice/<str:period>/", InvoicePageView.as_view(), name="invoice"),
-    path("billing/balance", BalanceApi.as_view(), name="billing-balance"),
     path("api/billing/invoice", InvoiceApi.as_view(), name="billing-invoice-api"),
 ]

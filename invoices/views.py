@@ -1,10 +1,9 @@
-"""What a signed-in user sees: the invoice page (HTML and CSV), its JSON twin, and the balance.
+"""What a signed-in user sees: the invoice page (HTML and CSV) and its JSON twin (the balance: accounts.views).
 
 A user sees only accounts they own. Another user's account, a malformed
 account id or a bad period is a 404 on the pages (400 naming `period` on the
 JSON API), never someone else's numbers. All numbers come from
-invoices.selectors.invoice_for_account (the ledger's daily summary) or the
-balance the ledger trigger keeps.
+invoices.selectors.invoice_for_account (the ledger's daily summary).
 """
 
 from typing import Any
@@ -23,21 +22,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.hold_selectors import credit_availability
 from accounts.models import BillingAccount
-from accounts.money import credits_to_usd
-from accounts.selectors import accounts_for_user
+from accounts.selectors import account_for_user, account_for_user_or_404, accounts_for_user
+from holds.selectors import credit_availability
 from invoices.charts import daily_usage_chart
 from invoices.exports import invoice_csv
-from invoices.selectors import (
-    InvalidPeriod,
-    Invoice,
-    Period,
-    account_for_user,
-    current_period,
-    invoice_for_account,
-    parse_period,
-)
+from invoices.selectors import InvalidPeriod, Invoice, Period, current_period, invoice_for_account, parse_period
 
 USD_FIELD: dict[str, Any] = {"max_digits": 40, "decimal_places": 6}
 
@@ -109,16 +99,8 @@ class InvoicePageView(LoginRequiredMixin, View):
             if period.next <= this_month
             else None,
             "availability": credit_availability(account=invoice.account),
-            "identity_holds": invoice.opening_credits + invoice.added_credits - invoice.used_credits
-            == invoice.closing_credits,
+            "ties_out": invoice.ties_out,
         }
-
-
-def _account_or_404(request: Request, public_id: Any) -> BillingAccount:
-    account = account_for_user(user=request.user, public_id=public_id)
-    if account is None:
-        raise Http404("no such billing account")
-    return account
 
 
 class InvoiceApi(APIView):
@@ -206,39 +188,6 @@ class InvoiceApi(APIView):
     def get(self, request: Request) -> Response:
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        account = _account_or_404(request, params.validated_data["account"])
+        account = account_for_user_or_404(user=request.user, public_id=params.validated_data["account"])
         invoice = invoice_for_account(account=account, period=params.validated_data["period"])
         return Response(self.OutputSerializer(invoice).data)
-
-
-class BalanceApi(APIView):
-    """GET /billing/balance[?account=<uuid>] → balance, its USD value, and available (balance − open holds)."""
-
-    class InputSerializer(serializers.Serializer):
-        account = serializers.UUIDField(required=False, allow_null=True, default=None)
-
-    @extend_schema_serializer(component_name="Balance")
-    class OutputSerializer(serializers.Serializer):
-        account = serializers.UUIDField(source="public_id")
-        balance_credits = serializers.IntegerField()
-        balance_usd = serializers.SerializerMethodField()
-
-        def get_balance_usd(self, account: BillingAccount) -> str:
-            return f"{credits_to_usd(account.balance_credits):.6f}"
-
-        available_credits = serializers.SerializerMethodField(help_text="balance − credits held by calls in flight")
-        held_credits = serializers.SerializerMethodField(help_text="credits held by calls in flight (open holds)")
-
-        def get_available_credits(self, account: BillingAccount) -> int:
-            return self.context["availability"].available_credits
-
-        def get_held_credits(self, account: BillingAccount) -> int:
-            return self.context["availability"].held_credits
-
-    @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer})
-    def get(self, request: Request) -> Response:
-        params = self.InputSerializer(data=request.query_params)
-        params.is_valid(raise_exception=True)
-        account = _account_or_404(request, params.validated_data["account"])
-        availability = credit_availability(account=account)
-        return Response(self.OutputSerializer(account, context={"availability": availability}).data)

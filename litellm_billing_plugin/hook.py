@@ -34,13 +34,13 @@ from litellm_billing_plugin.client import (
     startup_problem,
 )
 from litellm_billing_plugin.deployment_estimate import estimate_request
+from litellm_billing_plugin.end_user import END_USER_HEADER, resolve_end_user
 from litellm_billing_plugin.estimate import usd_text
 from litellm_billing_plugin.metrics import Counters, Event
 from litellm_billing_plugin.settings import OnUnavailable, PluginSettings
 
 logger = logging.getLogger("litellm_billing_plugin")
 
-END_USER_HEADER = "x-litellm-end-user-id"
 CALL_ID_HEADER = "x-litellm-call-id"
 # A stream renews its hold when this share of the hold's lifetime has passed (a third: two renewals can
 # fail before the hold lapses).
@@ -66,17 +66,14 @@ def _metadata(data: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def end_user_of(data: Mapping[str, Any], user_api_key_dict: Any) -> str | None:
-    """The end user as LiteLLM resolves it: the x-litellm-end-user-id header wins over the body's `user`."""
+    """The end user as the billing service will read it from the call's record (end_user.resolve_end_user)."""
     metadata = _metadata(data)
-    for candidate in (
-        metadata.get("user_api_key_end_user_id"),
-        getattr(user_api_key_dict, "end_user_id", None),
-        {str(k).lower(): v for k, v in (metadata.get("headers") or {}).items()}.get(END_USER_HEADER),
-        data.get("user"),
-    ):
-        if isinstance(candidate, str) and candidate:
-            return candidate
-    return None
+    return resolve_end_user(
+        logged=metadata.get("user_api_key_end_user_id"),
+        key_end_user=getattr(user_api_key_dict, "end_user_id", None),
+        header={str(k).lower(): v for k, v in (metadata.get("headers") or {}).items()}.get(END_USER_HEADER),
+        body_user=data.get("user"),
+    )
 
 
 def client_chose_call_id(data: Mapping[str, Any]) -> bool:

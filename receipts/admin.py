@@ -23,10 +23,10 @@ from django.utils.html import format_html
 
 from accounts.admin import AccountFilter, account_link
 from accounts.exceptions import BillingError
-from accounts.models import BillingAccount, EndUserAlias
-from accounts.services import end_user_alias_create
-from billing_project.admin_mixins import ReadOnlyMixin
-from billing_project.admin_tools import EstimatedCountPaginator, ExactSearchMixin, IndexedValuesFilter
+from accounts.models import BillingAccount
+from billing_project.admin_tools import EstimatedCountPaginator, ExactSearchMixin, IndexedValuesFilter, ReadOnlyMixin
+from payers.models import EndUserAlias
+from payers.services import end_user_alias_create
 from receipts.models import ChargeReceipt, DeferredUsage, IngestBatch
 from receipts.selectors import delivered_record_for_staff
 from receipts.services import reprocess_delivery, retry_deferred_usage
@@ -212,7 +212,7 @@ class DeferredUsageAdmin(ExactSearchMixin, admin.ModelAdmin):
 
     @admin.action(description="Attach end user to an account and replay", permissions=["change"])
     def attach_end_user(self, request: HttpRequest, queryset: QuerySet[DeferredUsage]) -> HttpResponse | None:
-        if not request.user.has_perm("accounts.add_enduseralias"):
+        if not request.user.has_perm("payers.add_enduseralias"):
             self.message_user(request, "You may not create end user aliases.", messages.ERROR)
             return None
         waiting = [

@@ -2,7 +2,7 @@
 
 LiteLLM sends a JSON array (default), NDJSON (`log_format: ndjson`) or one
 object (`single`). Each element is returned as its own bytes so that it is
-decoded and judged alone (receipts.usage): one hostile record (NaN, nesting
+decoded and judged alone (integrations.litellm.records): one hostile record (NaN, nesting
 thousands deep, a huge number) costs only itself, never its neighbours.
 """
 

@@ -18,7 +18,7 @@ zero_cost_suspect_total = Counter(
 call_id_reused_total = Counter(
     "billing_call_id_reused_total",
     "Calls billed as their own receipt although another call had already used their litellm_call_id "
-    "(the client chose it with x-litellm-call-id)",
+    "(the client chose its call id)",
 )
 invariant_violation_total = Counter(
     "billing_invariant_violation_total",

@@ -1,14 +1,17 @@
+import operator
+from functools import reduce
+
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Coalesce
 
-from accounts.models import PayerSource
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
 from billing_project.text_rules import CALL_ID_MAX_LENGTH
+from payers.models import PayerSource
 
 RUN_ID_MAX_LENGTH = 255
 # "{run_id}/{attempt}/{litellm_call_id}" with an attempt of at most 10 digits, plus "~" and a 16-digit
-# fingerprint for a call that reused another's call id (receipts.usage.UsageFact.reused_call_reference):
+# fingerprint for a call that reused another's call id (receipts.facts.UsageFact.reused_call_reference):
 # always fits, never cut.
 SOURCE_REFERENCE_MAX_LENGTH = RUN_ID_MAX_LENGTH + 1 + 10 + 1 + CALL_ID_MAX_LENGTH + 1 + 16
 
@@ -55,7 +58,7 @@ class ChargeReceipt(models.Model):
     api_key_hash = models.CharField(max_length=255, blank=True, default="")
     api_key_alias = models.CharField(max_length=255, blank=True, default="")
     team_id = models.CharField(max_length=255, blank=True, default="")
-    # Which binding decided the payer (accounts.selectors.resolve_payers); end_user stays for attribution.
+    # Which binding decided the payer (payers.selectors.resolve_payers); end_user stays for attribution.
     payer_source = models.CharField(max_length=16, choices=PayerSource.choices)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -91,12 +94,23 @@ class ChargeReceipt(models.Model):
             models.Index(fields=["account", "created_at"], name="receipt_account_time"),
             models.Index(fields=["model_group", "created_at"], name="receipt_model_time"),
             models.Index(fields=["provider"], name="receipt_provider"),
-            # The call's time: reconcile selects a window's receipts by it (receipts/reconcile.py).
+            # The call's time: reconcile selects a window's receipts by it (reconciliation/checks.py).
             models.Index(Coalesce("started_at", "created_at"), name="receipt_call_time"),
         ]
 
     def __str__(self) -> str:
         return f"{self.litellm_call_id} {self.charged_credits} credits"
+
+
+class DeferredStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    BILLED = "billed", "Billed"
+    FAILED = "failed", "Failed (needs staff)"
+    DISCARDED = "discarded", "Discarded by staff"
+
+
+# Waiting for a retry (pending) or for staff (failed): not billed, not discarded. At most one per call.
+OPEN_DEFERRED_STATUSES = (DeferredStatus.PENDING, DeferredStatus.FAILED)
 
 
 class DeferredUsageQuerySet(models.QuerySet):
@@ -110,22 +124,16 @@ class DeferredUsage(models.Model):
 
     class Reason(models.TextChoices):
         UNKNOWN_COST = "unknown_cost", "Unknown cost"
-        UNKNOWN_END_USER = "unknown_end_user", "Unknown end user"
         UNKNOWN_PAYER = "unknown_payer", "Unknown payer"
         INVALID = "invalid", "Invalid record"
         ERROR = "error", "Error while billing"
 
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        BILLED = "billed", "Billed"
-        FAILED = "failed", "Failed (needs staff)"
-        DISCARDED = "discarded", "Discarded by staff"
-
-    OPEN_STATUSES = (Status.PENDING, Status.FAILED)
-    # Waiting for a payer binding (unknown_end_user: rows kept before payer bindings existed).
-    PAYER_REASONS = (Reason.UNKNOWN_PAYER, Reason.UNKNOWN_END_USER)
+    Status = DeferredStatus
+    OPEN_STATUSES = OPEN_DEFERRED_STATUSES
+    # Waiting for a payer binding.
+    PAYER_REASONS = (Reason.UNKNOWN_PAYER,)
     # Reasons a retry can cure by itself (a cost learnt, a payer bound); the others need staff.
-    WAITING_REASONS = frozenset({Reason.UNKNOWN_COST, Reason.UNKNOWN_END_USER, Reason.UNKNOWN_PAYER, Reason.ERROR})
+    WAITING_REASONS = frozenset({Reason.UNKNOWN_COST, Reason.UNKNOWN_PAYER, Reason.ERROR})
 
     source_system = models.CharField(max_length=32, default="litellm")
     # Null when the record was too broken to name (no call id).
@@ -146,7 +154,7 @@ class DeferredUsage(models.Model):
     receipt = models.OneToOneField(
         ChargeReceipt, null=True, blank=True, on_delete=models.PROTECT, related_name="deferred_from"
     )
-    # The judged fact (receipts.usage.fact_to_json) when the record could be read: every value already
+    # The judged fact (receipts.facts.fact_to_json) when the record could be read: every value already
     # checked, so it always stores. Null for an invalid record, whose exact bytes stay in its delivery.
     fact = models.JSONField(null=True, blank=True)
     # A cost learnt later (LiteLLM's spend logs) for an unknown_cost record.
@@ -169,7 +177,7 @@ class DeferredUsage(models.Model):
             # One open deferral per call: a record delivered twice while it waits stays one row.
             models.UniqueConstraint(
                 fields=["source_system", "source_reference"],
-                condition=Q(status="pending") | Q(status="failed"),
+                condition=reduce(operator.or_, (Q(status=status) for status in OPEN_DEFERRED_STATUSES)),
                 name="deferred_unique_open_source",
             ),
             models.CheckConstraint(condition=Q(attempts__gte=0), name="deferred_attempts_nonnegative"),
@@ -194,7 +202,7 @@ class IngestBatch(models.Model):
         FAILED = "failed", "Failed (see error and traceback)"
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.RECEIVED)
-    # Each record's billing fields as a JSON array, zstd-compressed (receipts.redaction: never prompts,
+    # Each record's billing fields as a JSON array, zstd-compressed (integrations.litellm.redaction: never prompts,
     # completions, e-mail or IP); null when the body was unusable, or purged after
     # BILLING_DELIVERY_RETENTION_DAYS (receipts and deferrals keep everything they need to explain themselves).
     body = models.BinaryField(null=True, blank=True, editable=False)

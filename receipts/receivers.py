@@ -4,7 +4,7 @@ from typing import Any
 
 from django.dispatch import receiver
 
-from accounts.signals import payer_binding_created
+from payers.signals import payer_binding_created
 from receipts.tasks import replay_payer_deferrals
 
 

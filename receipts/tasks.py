@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
+from billing_project.celery import DB_RETRY_COUNTDOWN_SECONDS
 from receipts import metrics
 from receipts.models import DeferredUsage
 from receipts.selectors import deferred_open_counts
@@ -33,8 +34,6 @@ from receipts.services import (
 )
 
 logger = logging.getLogger(__name__)
-
-_DB_RETRY_COUNTDOWN_SECONDS = 10
 
 
 def _use_broker() -> bool:
@@ -58,7 +57,7 @@ def replay_payer(self: Any, kind: str, value: str) -> int:
             if retry_deferred_usage(deferred=DeferredUsage(pk=deferred_id)) is not None:
                 billed += 1
     except (OperationalError, InterfaceError) as exc:
-        raise self.retry(exc=exc, countdown=_DB_RETRY_COUNTDOWN_SECONDS) from exc
+        raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN_SECONDS) from exc
     logger.info("replayed %s %r: %d record(s) billed", kind, value, billed)
     return billed
 
@@ -73,7 +72,7 @@ def retry_deferred(self: Any, deferred_id: int) -> str:
     try:
         outcome = retry_deferred_usage(deferred=deferred)
     except (OperationalError, InterfaceError) as exc:
-        raise self.retry(exc=exc, countdown=_DB_RETRY_COUNTDOWN_SECONDS) from exc
+        raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN_SECONDS) from exc
     status, attempts, error = DeferredUsage.objects.values_list("status", "attempts", "last_error").get(pk=deferred_id)
     logger.info(
         "deferred usage %s (litellm_call_id=%s): %s, status %s after %d attempt(s)%s",
@@ -113,7 +112,7 @@ def sweep_deferred_usage(self: Any) -> int:
             _dispatch_retry(deferred_id)
         _publish_deferred_gauges()
     except (OperationalError, InterfaceError) as exc:
-        raise self.retry(exc=exc, countdown=_DB_RETRY_COUNTDOWN_SECONDS) from exc
+        raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN_SECONDS) from exc
     if ids:
         logger.info("deferred usage sweep: %d record(s) due", len(ids))
     return len(ids)
@@ -125,7 +124,7 @@ def purge_delivery_bodies(self: Any) -> int:
     try:
         purged = purge_bodies(now=timezone.now())
     except (OperationalError, InterfaceError) as exc:
-        raise self.retry(exc=exc, countdown=_DB_RETRY_COUNTDOWN_SECONDS) from exc
+        raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN_SECONDS) from exc
     if purged:
         logger.info("delivery bodies: %d purged (older than BILLING_DELIVERY_RETENTION_DAYS)", purged)
     return purged

@@ -12,6 +12,7 @@ from billing_project.api import (
     AuthorizeTokenAuthentication,
     IngestTokenAuthentication,
     IsInternalService,
+    error_response,
     error_responses,
     valid_call_id,
 )
@@ -30,10 +31,6 @@ ACCEPTED_CONTENT_TYPES = {
     "application/x-jsonlines",
     "text/plain",
 }
-
-
-def _error(message: str, http_status: int, **extra: object) -> Response:
-    return Response({"error": message, **extra}, status=http_status)
 
 
 class UsageIngestApi(APIView):
@@ -60,9 +57,9 @@ class UsageIngestApi(APIView):
     def post(self, request: Request) -> Response:
         content_type = request.content_type.split(";")[0].strip().lower()
         if content_type and content_type not in ACCEPTED_CONTENT_TYPES:
-            return _error(
+            return error_response(
                 f"unsupported Content-Type {content_type!r}; send application/json or application/x-ndjson",
-                status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                http_status=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                 field="Content-Type",
             )
         try:
@@ -72,7 +69,7 @@ class UsageIngestApi(APIView):
                 limit_name="BILLING_INGEST_MAX_BODY_BYTES",
             )
         except RequestBodyError as exc:
-            return _error(str(exc), exc.status_code, field=exc.field)
+            return error_response(str(exc), http_status=exc.status_code, field=exc.field)
         try:
             result = ingest_delivery(
                 body=body,
@@ -81,11 +78,12 @@ class UsageIngestApi(APIView):
                 headers=_delivery_headers(request),
             )
         except BodyError as exc:
-            return _error(str(exc), status.HTTP_400_BAD_REQUEST, field="body")
+            return error_response(str(exc), http_status=status.HTTP_400_BAD_REQUEST, field="body")
         except DatabaseError as exc:
             # Nothing could be billed: let the sender retry (every record is idempotent).
-            return _error(
-                f"the billing database is unavailable: {type(exc).__name__}", status.HTTP_503_SERVICE_UNAVAILABLE
+            return error_response(
+                f"the billing database is unavailable: {type(exc).__name__}",
+                http_status=status.HTTP_503_SERVICE_UNAVAILABLE,
             )
         return Response(self.OutputSerializer(result.as_dict()).data)
 
@@ -149,9 +147,9 @@ class ReceiptDetailApi(APIView):
     def get(self, request: Request, litellm_call_id: str) -> Response:
         params = self.InputSerializer(data={**request.query_params.dict(), "litellm_call_id": litellm_call_id})
         if not params.is_valid() and "litellm_call_id" in params.errors:
-            return _error(
+            return error_response(
                 f"litellm_call_id: {params.errors['litellm_call_id'][0]}",
-                status.HTTP_400_BAD_REQUEST,
+                http_status=status.HTTP_400_BAD_REQUEST,
                 field="litellm_call_id",
             )
         params.is_valid(raise_exception=True)
@@ -169,11 +167,13 @@ class ReceiptDetailApi(APIView):
             return Response(ReceiptOutputSerializer(receipt).data)
         deferral = open_deferral_for_call(litellm_call_id=litellm_call_id)
         if deferral is not None:
-            return _error(
+            return error_response(
                 "not billed yet: the record is deferred",
-                status.HTTP_404_NOT_FOUND,
+                http_status=status.HTTP_404_NOT_FOUND,
                 status="deferred",
                 reason=deferral.reason,
                 litellm_call_id=litellm_call_id,
             )
-        return _error("not billed yet", status.HTTP_404_NOT_FOUND, status="unknown", litellm_call_id=litellm_call_id)
+        return error_response(
+            "not billed yet", http_status=status.HTTP_404_NOT_FOUND, status="unknown", litellm_call_id=litellm_call_id
+        )

@@ -7,79 +7,23 @@ late callback would be, and a late callback afterwards is a duplicate.
 
 import dataclasses
 import logging
-import re
-from collections.abc import Sequence
 from typing import Any
 
-from receipts.exactjson import loads_exact
+from integrations.litellm.records import parse_usage_record
+from integrations.litellm.spendlogs import SPEND_COLUMNS, spend_log_record
+from receipts.facts import UsageFact
 from receipts.models import DeferredUsage
 from receipts.services import commit_isolated
-from receipts.usage import UsageFact, parse_usage_record
 from reconciliation import metrics
-from reconciliation.spendlogs import SPEND_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 _BACKFILL_CHUNK = 500
-_CACHE_HIT_SUFFIX = re.compile(r"_cache_hit[0-9.]+$")
 # The rows' columns in SPEND_COLUMNS order, times as epoch seconds (the payload's form).
 _EPOCH_COLUMNS = frozenset({"start_time", "end_time"})
 _BACKFILL_COLUMNS = ", ".join(
     f"EXTRACT(EPOCH FROM s.{name})" if name in _EPOCH_COLUMNS else f"s.{name}" for name, _ in SPEND_COLUMNS
 )
-
-
-def spend_log_record(row: Sequence[Any]) -> dict[str, Any]:
-    """A LiteLLM StandardLoggingPayload-shaped record built from a spend-log row (for parse_usage_record)."""
-    (
-        request_id,
-        call_id,
-        spend,
-        status,
-        end_user,
-        start,
-        end,
-        model_group,
-        model,
-        provider,
-        call_type,
-        prompt_tokens,
-        completion_tokens,
-        total_tokens,
-        cache_hit,
-        api_key,
-        team_id,
-        key_alias,
-        spend_logs_metadata,
-        model_map_information,
-    ) = row
-    record: dict[str, Any] = {
-        "id": _CACHE_HIT_SUFFIX.sub("", request_id),
-        "litellm_call_id": call_id,
-        "response_cost": spend,
-        "status": status or "success",
-        "end_user": end_user or "",
-        "model_group": model_group,
-        "model": model,
-        "custom_llm_provider": provider,
-        "call_type": call_type,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": total_tokens,
-        "cache_hit": cache_hit,
-        "startTime": start,
-        "endTime": end,
-        "metadata": {
-            "spend_logs_metadata": loads_exact(spend_logs_metadata) if spend_logs_metadata else None,
-            "user_api_key_hash": api_key or None,
-            "user_api_key_alias": key_alias,
-            "user_api_key_team_id": team_id or None,
-            "user_api_key_end_user_id": end_user or None,
-        },
-    }
-    if model_map_information:
-        record["model_map_information"] = loads_exact(model_map_information)
-    return record
 
 
 def backfill(cursor: Any) -> dict[str, int]:

@@ -9,7 +9,7 @@ Each .sql file says what its kind means; parameters are named (%(since)s ...).
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,8 @@ from typing import Any
 from django.db import connection, transaction
 
 from accounts.models import BillingAccount
+from billing_project.dates import utc_midnight
+from receipts.models import OPEN_DEFERRED_STATUSES
 from reconciliation.window import Window, month_bounds
 
 _SQL_DIR = Path(__file__).resolve().parent / "sql"
@@ -53,6 +55,10 @@ def sql(name: str) -> str:
     return (_SQL_DIR / f"{name}.sql").read_text()
 
 
+# The deferral statuses that still wait (receipts.models), as the SQL's %(open_statuses)s array.
+OPEN_DEFERRAL_PARAM = [str(status) for status in OPEN_DEFERRED_STATUSES]
+
+
 def create_found_table(cursor: Any) -> None:
     cursor.execute(sql("reconcile_found"))
 
@@ -65,6 +71,7 @@ def compare_with_litellm(cursor: Any, window: Window, account: BillingAccount | 
         "near_from": window.since - NEAR,
         "near_to": window.until + NEAR,
         "account": account.pk if account else None,
+        "open_statuses": OPEN_DEFERRAL_PARAM,
     }
     cursor.execute(sql("litellm_diff"), params)
     cursor.execute(sql("litellm_diff_lookup"))
@@ -82,21 +89,17 @@ def check_books(cursor: Any, window: Window, account: BillingAccount | None) -> 
         "account": account.pk if account else None,
         "first_day": first_day,
         "last_day": last_day,
-        "days_from": _midnight(first_day),
-        "days_to": _midnight(last_day + timedelta(days=1)),
+        "days_from": utc_midnight(first_day),
+        "days_to": utc_midnight(last_day + timedelta(days=1)),
     }
     for name in ("balance_drift", "held_drift", "orphan_usage", "receipt_usage", "summary_drift"):
         cursor.execute(sql(name), params)
     for month_start, month_end in month_bounds(first_day, last_day):
         month = {
-            "ms": _midnight(month_start),
-            "me": _midnight(month_end),
+            "ms": utc_midnight(month_start),
+            "me": utc_midnight(month_end),
             "ms_day": month_start,
             "me_day": month_end,
             "period": month_start.strftime("%Y-%m"),
         }
         cursor.execute(sql("invoice_identity"), {**params, **month})
-
-
-def _midnight(day: date) -> datetime:
-    return datetime.combine(day, datetime.min.time(), tzinfo=UTC)

@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.color import Style
 
 from accounts.models import BillingAccount
-from receipts.exactjson import dumps_exact, loads_exact
+from billing_project.exactjson import dumps_exact, loads_exact
 from reconciliation.window import Window
 
 LITELLM_KINDS = ("missing_receipt", "cost_mismatch", "unknown_to_litellm")

@@ -4,7 +4,7 @@
 
 How a run's calls are found. An executor calls LiteLLM with `user = "{run_id}/{attempt}"`,
 and the pinned LiteLLM (1.108.7) filters `/spend/logs/v2` by the `end_user` column exactly
-(`ui_view_spend_logs`); it has no filter on `metadata.spend_logs_metadata` (only
+(`ui_view_spend_logs`); it has no filter on the caller's spend-log metadata (only
 key_alias and error fields are metadata filters), so the run's calls are read end user by
 end user:
 
@@ -13,7 +13,7 @@ end user:
 - "{run_id}/0", "{run_id}/1", ... up to the highest known attempt, then on until
   EMPTY_ATTEMPTS_TO_STOP consecutive attempts have no spend-log row (attempts are
   numbered in order by the executor), at most MAX_ATTEMPTS;
-- the end users of receipts that named the run in `spend_logs_metadata.run_id`: their
+- the end users of receipts that named the run in their spend-log metadata: their
   rows are read too, and only those whose metadata names the run are kept.
 
 A call that names the run only in its metadata and whose end user has no receipt at all is
@@ -37,20 +37,21 @@ from django.db import DataError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import BillingAccount, PayerSource, RunBinding
-from accounts.selectors import run_id_from_end_user
+from accounts.models import BillingAccount
+from billing_project.exactjson import loads_exact
 from integrations.litellm.client import (
     PAGE_SIZE_MAX,
     LiteLLMClient,
     LiteLLMError,
     SpendLogRow,
-    row_metadata,
 )
-from receipts.exactjson import loads_exact
+from integrations.litellm.spendlogs import row_names_run
+from payers.models import PayerSource, RunBinding
+from payers.selectors import run_id_from_end_user
 from receipts.models import ChargeReceipt, DeferredUsage
 from reconciliation import metrics
 from reconciliation.backfill import backfill
-from reconciliation.checks import create_found_table, sql, temp_tables_cursor
+from reconciliation.checks import OPEN_DEFERRAL_PARAM, create_found_table, sql, temp_tables_cursor
 from reconciliation.spendlogs import EDGE, copy_rows, create_rows_table, index_rows_table
 from reconciliation.window import ReconcileInputError, Window
 
@@ -171,7 +172,7 @@ def _reconcile_run(
             raise LiteLLMError(f"a spend-log row holds a value PostgreSQL refuses: {exc}") from exc
         cursor.execute(sql("run_diff"))
         for name in ("missing_receipt", "cost_mismatch"):
-            cursor.execute(sql(name), {"account": None})
+            cursor.execute(sql(name), {"account": None, "open_statuses": OPEN_DEFERRAL_PARAM})
         cursor.execute(
             sql("run_unknown_to_litellm"),
             {"run_id": run_id, "end_users": attempt_end_users, "since": window.since, "until": window.until},
@@ -234,7 +235,7 @@ def _read_run_rows(
         read.append(end_user)
         found = _end_user_rows(client, end_user, start, end)
         for row in found:
-            if not tagged_only or _names_run(row, run_id):
+            if not tagged_only or row_names_run(row, run_id):
                 rows.setdefault(row.request_id, row)
         return len(found)
 
@@ -278,21 +279,6 @@ def _end_user_rows(client: LiteLLMClient, end_user: str, start: datetime, end: d
             return list(seen.values())
         logger.info("spend logs of %r: %d distinct rows of %d counted; reading again", end_user, len(seen), total)
     raise LiteLLMError(f"LiteLLM served fewer distinct spend-log rows of end user {end_user!r} than it counted")
-
-
-def _names_run(row: SpendLogRow, run_id: str) -> bool:
-    """Whether the row's `spend_logs_metadata.run_id` is the run (a string or an integer, as ingest reads it)."""
-    raw = bytes(row_metadata(row).spend_logs_metadata)
-    if raw in (b"", b"null"):
-        return False
-    try:
-        value = loads_exact(raw.decode())
-    except ValueError:
-        return False
-    named = value.get("run_id") if isinstance(value, dict) else None
-    if isinstance(named, int) and not isinstance(named, bool):
-        named = str(named)
-    return named == run_id
 
 
 def _remaining(cursor: Any) -> list[dict[str, Any]]:

@@ -6,9 +6,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.models import BINDING_VALUE_MAX_LENGTH
-from billing_project.api import AdminApiTokenAuthentication, ErrorSerializer, IsInternalService, error_responses
+from billing_project.api import (
+    AdminApiTokenAuthentication,
+    ErrorSerializer,
+    IsInternalService,
+    error_response,
+    error_responses,
+)
 from integrations.litellm.client import LiteLLMError, LiteLLMUnavailable
+from payers.models import BINDING_VALUE_MAX_LENGTH
 from reconciliation.runs import RunNotFound, reconcile_run
 from reconciliation.window import ReconcileInputError
 
@@ -62,8 +68,8 @@ class RunReconcileApi(APIView):
     )
     def post(self, request: Request, run_id: str) -> Response:
         if len(run_id) > BINDING_VALUE_MAX_LENGTH:
-            return Response(
-                {"error": f"no registered run {run_id[:40]!r}…", "field": "run_id"}, status=status.HTTP_404_NOT_FOUND
+            return error_response(
+                f"no registered run {run_id[:40]!r}…", http_status=status.HTTP_404_NOT_FOUND, field="run_id"
             )
         data = self.InputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -71,15 +77,15 @@ class RunReconcileApi(APIView):
         try:
             result = reconcile_run(run_id=run_id, since=params.get("since"), until=params.get("until"))
         except RunNotFound as exc:
-            return Response({"error": str(exc), "field": "run_id"}, status=status.HTTP_404_NOT_FOUND)
+            return error_response(str(exc), http_status=status.HTTP_404_NOT_FOUND, field="run_id")
         except ReconcileInputError as exc:
-            return Response({"error": str(exc), "field": "since"}, status=status.HTTP_400_BAD_REQUEST)
+            return error_response(str(exc), http_status=status.HTTP_400_BAD_REQUEST, field="since")
         except LiteLLMUnavailable as exc:
-            return Response(
-                {"error": f"LiteLLM's spend logs could not be read: {exc}"}, status=status.HTTP_503_SERVICE_UNAVAILABLE
+            return error_response(
+                f"LiteLLM's spend logs could not be read: {exc}", http_status=status.HTTP_503_SERVICE_UNAVAILABLE
             )
         except LiteLLMError as exc:
-            return Response(
-                {"error": f"LiteLLM's spend logs could not be read: {exc}"}, status=status.HTTP_502_BAD_GATEWAY
+            return error_response(
+                f"LiteLLM's spend logs could not be read: {exc}", http_status=status.HTTP_502_BAD_GATEWAY
             )
         return Response(self.OutputSerializer(result.as_dict()).data)

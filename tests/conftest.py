@@ -5,6 +5,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from accounts.models import BillingAccount
+from receipts.notify import waiter
 from tests.factories import BillingAccountFactory, EndUserAliasFactory, UserFactory
 from tests.gunicorn_server import Service, django_database_url, running_service
 from tests.litellm_proxy import StubProvider, running_stub_provider
@@ -16,8 +17,6 @@ from tests.tokens import token_for
 def _stop_receipt_listener(django_db_setup, django_db_blocker):
     """The long-poll listener holds a connection to the test database: close it before the drop."""
     yield
-    from receipts.notify import waiter
-
     waiter.stop()
 
 

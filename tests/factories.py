@@ -11,8 +11,9 @@ from typing import Any
 import factory
 from django.contrib.auth import get_user_model
 
-from accounts.models import ApiKeyBinding, BillingAccount, EndUserAlias, RunBinding, TeamBinding
-from receipts.exactjson import dumps_exact, loads_exact
+from accounts.models import BillingAccount
+from billing_project.exactjson import dumps_exact, loads_exact
+from payers.models import ApiKeyBinding, EndUserAlias, RunBinding, TeamBinding
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SAMPLE_BATCH = FIXTURES / "litellm-1.108-json-array-batch.json"

@@ -146,7 +146,8 @@ def manage(database: str, *args: str, timeout: float = 300.0, **extra_env: str) 
 
 
 SEED_SCRIPT = """
-from accounts.models import ApiKeyBinding, BillingAccount, EndUserAlias
+from payers.models import ApiKeyBinding, EndUserAlias
+from accounts.models import BillingAccount
 from django.contrib.auth import get_user_model
 owner = get_user_model().objects.create(username="fuzz-owner")
 account = BillingAccount.objects.create(name="Fuzz Inc.", owner=owner)

@@ -22,7 +22,7 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from accounts.models import BillingAccount, CreditLedgerEntry
-from receipts.exactjson import dumps_exact
+from billing_project.exactjson import dumps_exact
 from receipts.models import ChargeReceipt, DeferredUsage
 from tests.factories import FIXTURES, litellm_record, load_sample
 
@@ -243,7 +243,7 @@ def names_field(verdict: Verdict, index: int, *fields: str) -> bool:
     return any(f in text or f in details for f in fields)
 
 
-# --- the mutation vocabulary of the fuzzers (tests/test_fuzz_ingest.py, bench/fuzz_ingest.py) ------------
+# --- the mutation vocabulary of the fuzzers (tests/receipts/test_fuzz_ingest.py, bench/fuzz_ingest.py) ------------
 
 SAMPLES = [FIXTURES / "litellm-1.108-json-array-batch.json", FIXTURES / "litellm-1.108-failure-embedding-stream.json"]
 END_USERS = ("acct-alice", "acct-bob", "acct-carol")

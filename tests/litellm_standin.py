@@ -37,7 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from receipts.exactjson import dumps_exact
+from billing_project.exactjson import dumps_exact, loads_exact
 
 COUNT_CAP = 10_000
 PAGE_SIZE_MAX = 1000
@@ -232,8 +232,6 @@ def list_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {column: _wire(row.get(column)) for column in LIST_COLUMNS}
     if isinstance(out["metadata"], str):
         try:
-            from receipts.exactjson import loads_exact
-
             out["metadata"] = loads_exact(out["metadata"])
         except ValueError:
             out["metadata"] = {}

@@ -2,7 +2,8 @@
 
 Tests talk to many endpoints through one client; like the real callers (LiteLLM's callback, the plugin,
 an admin tool, Prometheus) each request carries only the token of its endpoint's scope.
-tests/test_tokens.py proves every endpoint refuses the other scopes' tokens.
+tests/receipts/test_nobody_rides_free.py (test_each_endpoint_takes_only_its_own_token) proves every endpoint refuses
+the other scopes' tokens.
 """
 
 import os

@@ -3,11 +3,9 @@
 The SQL (triggers documented by name) is in sql/0006_held_total.sql, its reverse beside it.
 """
 
-from pathlib import Path
-
 from django.db import migrations, models
 
-SQL = Path(__file__).resolve().parent / "sql"
+from billing_project.migration_sql import sql_file
 
 
 class Migration(migrations.Migration):
@@ -25,5 +23,5 @@ class Migration(migrations.Migration):
                 condition=models.Q(held_credits__gte=0), name="account_held_not_negative"
             ),
         ),
-        migrations.RunSQL((SQL / "0006_held_total.sql").read_text(), (SQL / "0006_held_total.reverse.sql").read_text()),
+        sql_file(__file__, "0006_held_total"),
     ]

@@ -3,7 +3,7 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
-import receipts.exactjson
+import billing_project.exactjson
 
 
 class Migration(migrations.Migration):
@@ -78,7 +78,8 @@ class Migration(migrations.Migration):
                 (
                     "raw_record",
                     models.JSONField(
-                        decoder=receipts.exactjson.ExactJSONDecoder, encoder=receipts.exactjson.ExactJSONEncoder
+                        decoder=billing_project.exactjson.ExactJSONDecoder,
+                        encoder=billing_project.exactjson.ExactJSONEncoder,
                     ),
                 ),
                 (
@@ -135,7 +136,8 @@ class Migration(migrations.Migration):
                 (
                     "record",
                     models.JSONField(
-                        decoder=receipts.exactjson.ExactJSONDecoder, encoder=receipts.exactjson.ExactJSONEncoder
+                        decoder=billing_project.exactjson.ExactJSONDecoder,
+                        encoder=billing_project.exactjson.ExactJSONEncoder,
                     ),
                 ),
                 ("created_at", models.DateTimeField(auto_now_add=True)),

@@ -17,12 +17,7 @@ import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-RATE_CHECK = """
-ALTER TABLE receipts_chargereceipt
-  ADD CONSTRAINT receipt_charged_at_its_rate
-  CHECK (charged_credits = ceil(cost_usd * credits_per_usd * markup)) NOT VALID;
-"""
-RATE_CHECK_REVERSE = "ALTER TABLE receipts_chargereceipt DROP CONSTRAINT receipt_charged_at_its_rate;"
+from billing_project.migration_sql import sql_file
 
 
 class Migration(migrations.Migration):
@@ -76,7 +71,7 @@ class Migration(migrations.Migration):
             name="source_reference",
             field=models.CharField(max_length=522),
         ),
-        migrations.RunSQL(RATE_CHECK, RATE_CHECK_REVERSE),
+        sql_file(__file__, "0004_receipt_rate_check"),
         migrations.RenameField(model_name="deferredusage", old_name="record", new_name="fact"),
         migrations.AlterField(
             model_name="deferredusage",

@@ -18,20 +18,20 @@ import psycopg
 from django.db import connection, transaction
 from django.utils import timezone
 
-from accounts.hold_services import settle_holds
 from accounts.models import CreditLedgerEntry
 from accounts.money import ChargeRate, current_charge_rate
-from accounts.selectors import PayerDecision, PayerQuery, resolve_payers
 from accounts.services import grant_credits
+from billing_project.db import INSERT_CHUNK_ROWS
+from holds.services import settle_holds
+from payers.selectors import PayerDecision, PayerQuery, resolve_payers
 from receipts import metrics
+from receipts.facts import REUSED_CALL_SEPARATOR, SOURCE_SYSTEM, NotBillable, UsageFact
 from receipts.models import ChargeReceipt, DeferredUsage
 from receipts.services.deferrals import defer_usage
-from receipts.usage import REUSED_CALL_SEPARATOR, SOURCE_SYSTEM, NotBillable, UsageFact
 
 logger = logging.getLogger(__name__)
 
 RECEIPT_CHANNEL = "billing_receipts"
-_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,8 @@ def _insert_receipts(rows: list[dict[str, Any]]) -> dict[str, int]:
     # A server-binding cursor on Django's connection (same transaction): the JSON travels apart
     # from the SQL instead of being quoted into it; wrap_database_errors gives Django's exceptions.
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        for start in range(0, len(rows), _CHUNK):
-            cursor.execute(_RECEIPT_INSERT_SQL, [_rows_json(_RECEIPT_FIELDS, rows[start : start + _CHUNK])])
+        for start in range(0, len(rows), INSERT_CHUNK_ROWS):
+            cursor.execute(_RECEIPT_INSERT_SQL, [_rows_json(_RECEIPT_FIELDS, rows[start : start + INSERT_CHUNK_ROWS])])
             inserted.update({ref: pk for pk, ref in cursor.fetchall()})
     return inserted
 
@@ -165,8 +165,8 @@ def _insert_usage_debits(entries: list[tuple[int, int, int]], *, now: datetime) 
         for account, credits, receipt in entries
     ]
     with connection.cursor() as cursor:
-        for start in range(0, len(rows), _CHUNK):
-            cursor.execute(_LEDGER_INSERT_SQL, [_rows_json(_LEDGER_FIELDS, rows[start : start + _CHUNK])])
+        for start in range(0, len(rows), INSERT_CHUNK_ROWS):
+            cursor.execute(_LEDGER_INSERT_SQL, [_rows_json(_LEDGER_FIELDS, rows[start : start + INSERT_CHUNK_ROWS])])
 
 
 def _existing_receipts(references: Iterable[str]) -> dict[str, int]:
@@ -256,7 +256,7 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
     (A_SERVED_CALL_IS_BILLED). Facts whose payer no binding decides are
     deferred (never guessed). Receipts are inserted in source_reference order
     and debits in account order, so concurrent batches cannot deadlock. Every
-    value was judged before it got here (receipts.usage), so the database has
+    value was judged before it got here (integrations.litellm.records), so the database has
     nothing to refuse.
     """
     if any(f.cost_usd is None for f in facts):

@@ -7,11 +7,10 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from accounts.selectors import run_id_from_end_user
+from billing_project.db import INSERT_CHUNK_ROWS
+from payers.selectors import run_id_from_end_user
+from receipts.facts import SOURCE_SYSTEM, NotBillable, UsageFact, fact_from_json, fact_to_json, is_fact_json
 from receipts.models import DeferredUsage
-from receipts.usage import SOURCE_SYSTEM, NotBillable, UsageFact, fact_from_json, fact_to_json, is_fact_json
-
-_CHUNK = 1000
 
 
 def next_attempt_delay(attempts: int) -> timedelta:
@@ -86,4 +85,4 @@ def defer_usage(*, items: Sequence[NotBillable]) -> None:
         )
     # ON CONFLICT DO NOTHING: a record already waiting keeps its row and schedule.
     rows.sort(key=lambda row: (row.source_reference is None, row.source_reference or ""))
-    DeferredUsage.objects.bulk_create(rows, ignore_conflicts=True, batch_size=_CHUNK)
+    DeferredUsage.objects.bulk_create(rows, ignore_conflicts=True, batch_size=INSERT_CHUNK_ROWS)

@@ -22,16 +22,16 @@ import zstandard
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 
-from accounts.hold_selectors import unpriced_hold_estimates
+from holds.selectors import unpriced_hold_estimates
+from integrations.litellm.records import judge_usage_record
+from integrations.litellm.redaction import redacted_delivery
 from receipts import metrics
 from receipts.delivery import BodyError, split_delivery
-from receipts.exactjson import dumps_exact
+from receipts.facts import NotBillable, UsageFact
 from receipts.models import DeferredUsage, IngestBatch
-from receipts.redaction import redacted_delivery
 from receipts.selectors import delivery_body
 from receipts.services.billing import CommitOutcome, commit_usage_fact, commit_usage_facts
 from receipts.services.deferrals import defer_usage
-from receipts.usage import NotBillable, UsageFact, judge_usage_record
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def ingest_delivery(*, body: bytes, content_type: str, remote_addr: str, headers
     """Store a delivery, then bill its records. Raises BodyError (nothing usable) or a DatabaseError
     (the database is unavailable; the sender may retry: every record is idempotent).
 
-    What is stored is each record's billing fields only (receipts.redaction): never prompts, completions,
+    What is stored is each record's billing fields only (integrations.litellm.redaction): never prompts, completions,
     e-mail or IP, whatever LiteLLM sends. A body that cannot be split is kept as a rejected delivery
     without its bytes.
     """
@@ -113,12 +113,6 @@ def _compress(body: bytes) -> bytes:
     if compressor is None:
         compressor = _compressors.zstd = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
     return compressor.compress(body)
-
-
-def ingest_usage_records(*, records: Sequence[Any]) -> IngestResult:
-    """ingest_delivery() for records already in Python (tools, tests): delivered as one JSON array."""
-    body = ("[" + ",".join(dumps_exact(record, for_jsonb=False) for record in records) + "]").encode()
-    return ingest_delivery(body=body, content_type="application/json", remote_addr="", headers={})
 
 
 def reprocess_delivery(*, batch: IngestBatch) -> IngestResult:

@@ -14,9 +14,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from accounts.models import PayerSource
 from integrations.litellm.client import LiteLLMClient, LiteLLMError
+from integrations.litellm.records import parse_usage_record
+from payers.models import PayerSource
 from receipts import metrics
+from receipts.facts import NotBillable, UsageFact, fact_from_json, is_fact_json
 from receipts.models import DeferredUsage
 from receipts.selectors import deferred_due
 from receipts.services.billing import (
@@ -27,7 +29,6 @@ from receipts.services.billing import (
 )
 from receipts.services.deferrals import next_attempt_delay
 from receipts.services.ingest import UNAVAILABLE
-from receipts.usage import NotBillable, UsageFact, fact_from_json, is_fact_json, parse_usage_record
 
 logger = logging.getLogger(__name__)
 

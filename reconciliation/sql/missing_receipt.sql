@@ -4,7 +4,7 @@
 INSERT INTO reconcile_found (kind, ref, at, healable, detail)
 SELECT 'missing_receipt', d.request_id, d.start_time,
        d.litellm_call_id IS NOT NULL AND d.spend IS NOT NULL
-         AND NOT (d.spend = 0 AND dd.reason = 'unknown_cost' AND dd.status IN ('pending', 'failed')),
+         AND NOT (d.spend = 0 AND dd.reason = 'unknown_cost' AND dd.status = ANY(%(open_statuses)s)),
        jsonb_build_object(
            'litellm_call_id', d.litellm_call_id, 'request_id', d.request_id,
            'end_user', d.end_user, 'status', COALESCE(d.status, 'success'),
@@ -18,7 +18,7 @@ SELECT 'missing_receipt', d.request_id, d.start_time,
   LEFT JOIN LATERAL (
         SELECT id, reason, status, attempts FROM receipts_deferredusage x
          WHERE d.litellm_call_id IS NOT NULL AND x.litellm_call_id = d.litellm_call_id
-         ORDER BY x.status IN ('pending', 'failed') DESC, x.id DESC
+         ORDER BY x.status = ANY(%(open_statuses)s) DESC, x.id DESC
          LIMIT 1
        ) dd ON true
  WHERE d.request_id IS NOT NULL AND COALESCE(d.receipts, 0) = 0

@@ -5,13 +5,13 @@
 WITH bad AS MATERIALIZED (
     SELECT r.id, r.litellm_call_id, r.account_id, r.cost_usd, r.charged_credits, r.created_at,
            e.id AS entry_id, e.reason AS entry_reason, e.amount_credits,
-           ceil(r.cost_usd * r.credits_per_usd * r.markup) AS expected
+           billing_charged_credits(r.cost_usd, r.credits_per_usd, r.markup) AS expected
       FROM receipts_chargereceipt r
       LEFT JOIN accounts_creditledgerentry e ON e.receipt_id = r.id
      WHERE r.created_at >= %(since)s AND r.created_at < %(until)s
        AND (%(account)s::bigint IS NULL OR r.account_id = %(account)s)
        AND (e.id IS NULL OR e.reason <> 'usage' OR e.amount_credits <> -r.charged_credits
-            OR r.charged_credits <> ceil(r.cost_usd * r.credits_per_usd * r.markup))
+            OR r.charged_credits <> billing_charged_credits(r.cost_usd, r.credits_per_usd, r.markup))
 )
 INSERT INTO reconcile_found (kind, ref, at, detail)
 SELECT 'orphan_usage', 'receipt:' || b.id, b.created_at,

@@ -31,7 +31,7 @@ if not os.environ.get("DATABASE_URL"):
 
 # The suite serves plain http on 127.0.0.1 (test client, live server, gunicorn):
 # turn off the production HTTPS redirect and Secure-only cookies (README,
-# "Production settings"; tests/test_hardening.py checks `check --deploy` with them on).
+# "Production settings"; tests/billing_project/test_hardening.py checks `check --deploy` with them on).
 os.environ["SECURE_SSL_REDIRECT"] = "false"
 os.environ["SESSION_COOKIE_SECURE"] = "false"
 os.environ["CSRF_COOKIE_SECURE"] = "false"

@@ -10,8 +10,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import DatabaseError
 
+from billing_project.exactjson import dumps_exact
 from integrations.litellm.client import LiteLLMError
-from receipts.exactjson import dumps_exact
 from reconciliation.report import as_json, as_text
 from reconciliation.runs import RunNotFound, reconcile_run
 from reconciliation.selectors import resolve_account

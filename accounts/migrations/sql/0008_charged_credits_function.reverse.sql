@@ -1,0 +1,1 @@
+DROP FUNCTION billing_charged_credits(numeric, numeric, numeric);

@@ -1,0 +1,1 @@
+ALTER TABLE receipts_chargereceipt DROP CONSTRAINT receipt_charged_at_its_rate;

@@ -40,10 +40,25 @@ class LedgerReason(models.TextChoices):
     GRANT = "grant", "Grant"
     REFUND = "refund", "Refund"
     ADJUSTMENT = "adjustment", "Adjustment"
+    # Payments (payments/): what a customer bought, and what the provider took back.
+    PURCHASE = "purchase", "Purchase (card)"
+    ONCHAIN_DEPOSIT = "onchain_deposit", "Purchase (USDC on-chain)"
+    PURCHASE_REFUND = "purchase_refund", "Purchase refunded to the card"
+    DISPUTE = "dispute", "Payment disputed"
+    DISPUTE_REVERSAL = "dispute_reversal", "Dispute won"
 
 
-# Reasons that only ever add credits (CHECK ledger_credit_is_positive).
-CREDIT_ONLY_REASONS = (LedgerReason.TOP_UP, LedgerReason.GRANT, LedgerReason.REFUND)
+# Reasons that only ever add credits (CHECK ledger_credit_is_positive) and that only take them (CHECK
+# ledger_debit_is_negative; usage has its own rule, a zero-cost call debits 0).
+CREDIT_ONLY_REASONS = (
+    LedgerReason.TOP_UP,
+    LedgerReason.GRANT,
+    LedgerReason.REFUND,
+    LedgerReason.PURCHASE,
+    LedgerReason.ONCHAIN_DEPOSIT,
+    LedgerReason.DISPUTE_REVERSAL,
+)
+DEBIT_ONLY_REASONS = (LedgerReason.PURCHASE_REFUND, LedgerReason.DISPUTE)
 
 
 class ReturningBigIntegerField(models.BigIntegerField):
@@ -100,6 +115,10 @@ class CreditLedgerEntry(models.Model):
             models.CheckConstraint(
                 condition=~Q(reason__in=CREDIT_ONLY_REASONS) | Q(amount_credits__gt=0),
                 name="ledger_credit_is_positive",
+            ),
+            models.CheckConstraint(
+                condition=~Q(reason__in=DEBIT_ONLY_REASONS) | Q(amount_credits__lt=0),
+                name="ledger_debit_is_negative",
             ),
             models.CheckConstraint(
                 condition=~Q(reason=LedgerReason.ADJUSTMENT) | ~Q(amount_credits=0),

@@ -5,7 +5,7 @@ always up, so a charge is never below cost.
 """
 
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Context, Decimal
+from decimal import ROUND_CEILING, ROUND_FLOOR, Context, Decimal
 
 from django.conf import settings
 
@@ -63,6 +63,12 @@ def charged_credits(cost_usd: Decimal, *, credits_per_usd: Decimal, markup: Deci
         raise ValueError(f"cost_usd must be a finite, non-negative amount, got {cost_usd}")
     exact = _CONTEXT.multiply(_CONTEXT.multiply(cost_usd, credits_per_usd), markup)
     return int(exact.to_integral_value(rounding=ROUND_CEILING))
+
+
+def purchased_credits(amount_usd: Decimal) -> int:
+    """The credits `amount_usd` buys: amount × CREDITS_PER_USD, no markup, never more than was paid (floor)."""
+    exact = _CONTEXT.multiply(amount_usd, credits_per_usd())
+    return int(exact.to_integral_value(rounding=ROUND_FLOOR))
 
 
 def credits_to_usd(amount_credits: int) -> Decimal:

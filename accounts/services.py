@@ -14,11 +14,15 @@ from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.exceptions import FieldError, IdempotencyConflict, InvalidLedgerOperation
-from accounts.models import BillingAccount, CreditLedgerEntry
+from accounts.models import DEBIT_ONLY_REASONS, BillingAccount, CreditLedgerEntry
 from accounts.money import BIGINT_MAX, BIGINT_MIN, fits_bigint
 
 Reason = CreditLedgerEntry.Reason
+# What staff and the credits API may append; payments append only their own reasons (payments.services).
 GRANT_REASONS = frozenset({Reason.TOP_UP, Reason.GRANT, Reason.REFUND, Reason.ADJUSTMENT})
+PAYMENT_REASONS = frozenset(
+    {Reason.PURCHASE, Reason.ONCHAIN_DEPOSIT, Reason.PURCHASE_REFUND, Reason.DISPUTE, Reason.DISPUTE_REVERSAL}
+)
 NUMERIC_VALUE_OUT_OF_RANGE = "22003"  # PostgreSQL's SQLSTATE
 
 
@@ -32,10 +36,14 @@ class InvalidGrant(FieldError, InvalidLedgerOperation):
     """A grant the ledger refuses; `field` names the input at fault (API and admin form show it there)."""
 
 
-def validate_grant(*, amount_credits: int, reason: str) -> None:
-    """The one definition of a valid grant (the credits API and the admin form map its InvalidGrant)."""
-    if reason not in GRANT_REASONS:
-        raise InvalidGrant(f"reason must be one of {sorted(GRANT_REASONS)}, got {reason!r}", field="reason")
+def validate_grant(*, amount_credits: int, reason: str, reasons: frozenset[str] = GRANT_REASONS) -> None:
+    """The one definition of a valid grant (the credits API and the admin form map its InvalidGrant).
+
+    The signs are the ledger's CHECKs (accounts.models): credit-only reasons add, debit-only reasons take,
+    an adjustment is anything but 0.
+    """
+    if reason not in reasons:
+        raise InvalidGrant(f"reason must be one of {sorted(reasons)}, got {reason!r}", field="reason")
     if not isinstance(amount_credits, int) or isinstance(amount_credits, bool):
         raise InvalidGrant("amount_credits must be an integer", field="amount_credits")
     if not fits_bigint(amount_credits):
@@ -43,6 +51,9 @@ def validate_grant(*, amount_credits: int, reason: str) -> None:
     if reason == Reason.ADJUSTMENT:
         if amount_credits == 0:
             raise InvalidGrant("an adjustment must not be 0", field="amount_credits")
+    elif reason in DEBIT_ONLY_REASONS:
+        if amount_credits >= 0:
+            raise InvalidGrant(f"amount_credits must be negative for {reason}", field="amount_credits")
     elif amount_credits <= 0:
         raise InvalidGrant(f"amount_credits must be positive for {reason}", field="amount_credits")
 
@@ -60,6 +71,7 @@ def grant_credits(
     idempotency_key: str | None = None,
     memo: str = "",
     created_by: AbstractBaseUser | None = None,
+    reasons: frozenset[str] = GRANT_REASONS,
 ) -> GrantResult:
     """Append a top-up, grant, refund or adjustment. Idempotent by `idempotency_key`.
 
@@ -68,7 +80,7 @@ def grant_credits(
     IdempotencyConflict. Two concurrent calls with one key grant once: the
     second waits on the unique index and then finds the first.
     """
-    validate_grant(amount_credits=amount_credits, reason=reason)
+    validate_grant(amount_credits=amount_credits, reason=reason, reasons=reasons)
     key = idempotency_key or None
     if key is not None:
         existing = CreditLedgerEntry.objects.filter(idempotency_key=key).first()

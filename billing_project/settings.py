@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "receipts",
     "invoices",
     "reconciliation",
+    "payments",
 ]
 
 MIDDLEWARE = [
@@ -240,6 +241,33 @@ if BILLING_AUTHORIZE_UNKNOWN_PAYER not in ("deny", "allow"):
 # What a refused caller reads (the 402 of authorize, relayed by the plugin): a sentence in USD, a top-up
 # link when BILLING_TOPUP_URL is set, and the available balance only when BILLING_402_SHOWS_BALANCE is true.
 BILLING_TOPUP_URL = env.str("BILLING_TOPUP_URL", default="")
+
+# Customers pay (README, "Customers pay"). No secret has a default: without STRIPE_SECRET_KEY the Buy form
+# says card payments are not set up; without STRIPE_WEBHOOK_SECRET every delivery is refused as unverifiable.
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+# Mail to account owners (a declined auto-recharge card): EMAIL_URL as django-environ reads it
+# (smtp+tls://user:password@host:587); the default prints mail to the console.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="billing@localhost")
+# One or more whsec_… secrets, comma-separated: a delivery verifies against any (rotation without a gap).
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
+BILLING_PURCHASE_MIN_USD = env.str("BILLING_PURCHASE_MIN_USD", default="5")
+BILLING_PURCHASE_MAX_USD = env.str("BILLING_PURCHASE_MAX_USD", default="10000")
+# An attempt still unpaid this long after it was opened is expired (Stripe's sessions last 24 h).
+BILLING_PAYMENT_PENDING_TTL_SECONDS = env.int("BILLING_PAYMENT_PENDING_TTL_SECONDS", default=25 * 3600)
+# USDC on-chain (README, "USDC on-chain"): RPC endpoints in order of preference (comma-separated), each with
+# this timeout and at most this many requests a second (0: unlimited); the chain, the token contract (6
+# decimals), the address that receives payments, the confirmations a payment needs, and how long an attempt
+# may stay unpaid.
+BILLING_USDC_RPC_URLS = env.str("BILLING_USDC_RPC_URLS", default="")
+BILLING_USDC_RPC_TIMEOUT_SECONDS = env.float("BILLING_USDC_RPC_TIMEOUT_SECONDS", default=5.0)
+BILLING_USDC_RPC_MAX_PER_SECOND = env.float("BILLING_USDC_RPC_MAX_PER_SECOND", default=10.0)
+BILLING_USDC_CHAIN_ID = env.int("BILLING_USDC_CHAIN_ID", default=8453)
+BILLING_USDC_TOKEN_ADDRESS = env.str("BILLING_USDC_TOKEN_ADDRESS", default="")
+BILLING_USDC_RECEIVER = env.str("BILLING_USDC_RECEIVER", default="")
+BILLING_USDC_CONFIRMATIONS = env.int("BILLING_USDC_CONFIRMATIONS", default=12)
+BILLING_USDC_PENDING_TTL_SECONDS = env.int("BILLING_USDC_PENDING_TTL_SECONDS", default=3600)
 BILLING_402_SHOWS_BALANCE = env.bool("BILLING_402_SHOWS_BALANCE", default=True)
 # A call whose model has no known price (README, "Unpriced calls"): refuse it before it runs (refuse), or
 # let it run on a hold and charge that hold provisionally when its record comes without a cost, corrected
@@ -307,6 +335,18 @@ CELERY_BEAT_SCHEDULE = {
     "purge-delivery-bodies": {
         "task": "receipts.tasks.purge_delivery_bodies",
         "schedule": timedelta(hours=1),
+    },
+    "expire-payment-attempts": {
+        "task": "payments.tasks.expire_payment_attempts",
+        "schedule": timedelta(seconds=BILLING_DEFERRED_SWEEP_SECONDS),
+    },
+    "run-auto-recharge": {
+        "task": "payments.tasks.run_auto_recharge",
+        "schedule": timedelta(seconds=BILLING_DEFERRED_SWEEP_SECONDS),
+    },
+    "verify-usdc-payments": {
+        "task": "payments.tasks.verify_usdc_payments",
+        "schedule": timedelta(seconds=BILLING_DEFERRED_SWEEP_SECONDS),
     },
 }
 

@@ -16,6 +16,7 @@ urlpatterns = [
     path("", include("payers.urls")),
     path("", include("accounts.urls")),
     path("", include("reconciliation.urls")),
+    path("", include("payments.urls")),
     # The schema and the metrics describe internals: both need the internal bearer token.
     path(
         "api/schema/",

@@ -39,6 +39,9 @@ from payers.models import shortened_key_hash
 
 Reason = CreditLedgerEntry.Reason
 # Credits added, in the order every surface lists them (all four, even at 0).
+# The lines under "credits added", always shown, in this order; a payment reason (purchases, their refunds
+# and disputes: accounts.services.PAYMENT_REASONS) gets its own line after them when the period has one,
+# those that take credits as negative lines.
 ADDED_REASONS: tuple[str, ...] = (Reason.TOP_UP, Reason.GRANT, Reason.REFUND, Reason.ADJUSTMENT)
 _PERIOD_RE = re.compile(r"^(?P<year>\d{4})-(?P<month>0[1-9]|1[0-2])$")
 
@@ -99,11 +102,9 @@ def parse_period(text: str | None, *, now: datetime | None = None) -> Period:
     return period
 
 
-@dataclass(frozen=True)
-class ReasonLine:
-    reason: str
-    label: str
-    entries: int
+class _CreditsInUsd:
+    """A line's credits and their USD value at the configured rate."""
+
     credits: int
 
     @property
@@ -112,17 +113,21 @@ class ReasonLine:
 
 
 @dataclass(frozen=True)
-class ModelGroupLine:
+class ReasonLine(_CreditsInUsd):
+    reason: str
+    label: str
+    entries: int
+    credits: int
+
+
+@dataclass(frozen=True)
+class ModelGroupLine(_CreditsInUsd):
     model_group: str
     calls: int
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     credits: int
-
-    @property
-    def usd(self) -> Decimal:
-        return credits_to_usd(self.credits)
 
 
 @dataclass(frozen=True)
@@ -151,20 +156,16 @@ class DayLine:
 
 
 @dataclass(frozen=True)
-class UsageTotals:
+class UsageTotals(_CreditsInUsd):
     calls: int
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     credits: int
 
-    @property
-    def usd(self) -> Decimal:
-        return credits_to_usd(self.credits)
-
 
 @dataclass(frozen=True)
-class PayerLine:
+class PayerLine(_CreditsInUsd):
     """One API key or end user of the breakdown, or (is_others) the rest folded into one line."""
 
     # The API key hash or the end user; None on the "others" line.
@@ -183,10 +184,6 @@ class PayerLine:
     @property
     def is_others(self) -> bool:
         return self.key is None
-
-    @property
-    def usd(self) -> Decimal:
-        return credits_to_usd(self.credits)
 
 
 @dataclass(frozen=True)
@@ -284,7 +281,8 @@ def invoice_for_account(*, account: BillingAccount, period: Period, now: datetim
 
     added_lines = [
         ReasonLine(reason=reason, label=_reason_label(reason), entries=entries, credits=credits)
-        for reason, (entries, credits) in added.items()
+        for reason, (entries, credits) in sorted(added.items(), key=lambda item: _added_order(item[0]))
+        if reason in ADDED_REASONS or entries
     ]
     added_credits = sum(line.credits for line in added_lines)
     by_model_group = sorted(
@@ -350,6 +348,10 @@ def ledger_balance_before(*, account: BillingAccount, moment: datetime) -> int:
         .first()
     )
     return int(balance or 0)
+
+
+def _added_order(reason: str) -> int:
+    return ADDED_REASONS.index(reason) if reason in ADDED_REASONS else len(ADDED_REASONS) + Reason.values.index(reason)
 
 
 def _reason_label(reason: str) -> str:

@@ -5,6 +5,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from accounts.models import BillingAccount
+from billing_project.apps import keep_recursion_limit
 from receipts.notify import waiter
 from tests.factories import BillingAccountFactory, EndUserAliasFactory, UserFactory
 from tests.gunicorn_server import Service, django_database_url, running_service
@@ -72,3 +73,9 @@ def billing() -> Iterator[StubBilling]:
     """A loopback stand-in of the service's authorize API that records what the plugin sends (tests/stub_billing.py)."""
     with StubBilling() as stub:
         yield stub
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """The USDC tests import eth-tester (py-evm), which raises the recursion limit for the whole process:
+    put the service's own back, as billing_project's AppConfig does once the apps are loaded."""
+    keep_recursion_limit()

@@ -6,12 +6,14 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.test import Client
 
 from accounts.models import BillingAccount, CreditLedgerEntry
 from accounts.money import charged_credits
 from integrations.litellm.demo import DAYS, END_USERS, UNBOUND_END_USER, demo_calls
 from invoices.selectors import current_period, invoice_for_account
 from payers.services import end_user_alias_create
+from payments.models import PaymentAttempt
 from receipts.models import ChargeReceipt, DeferredUsage, IngestBatch
 from reconciliation.services import reconcile
 from reconciliation.window import Window
@@ -47,6 +49,12 @@ def _expected() -> tuple[list, list]:
     calls = [call for day in demo_calls() for call in day]
     billable = [c for c in calls if c.cost_usd is not None and c.end_user != UNBOUND_END_USER]
     return calls, billable
+
+
+def _owner_client(account: BillingAccount) -> Client:
+    client = Client()
+    client.force_login(account.owner)
+    return client
 
 
 def test_demo_posts_a_month_that_bills_and_ties(settings):
@@ -86,9 +94,26 @@ def test_demo_posts_a_month_that_bills_and_ties(settings):
     assert all(d.status == "pending" and d.ingest_batch_id is not None for d in deferred.values())
     assert deferred["unknown_payer"].end_user == UNBOUND_END_USER
 
-    # Books tie: balance = grant − usage = the ledger's sum; the in-book reconcile checks are clean.
+    # One paid card purchase of 20 USD and a refund of 5 of them, in the history and the ledger.
+    [purchase] = PaymentAttempt.objects.filter(account=account)
+    assert (purchase.amount_usd, purchase.status, purchase.refunded_cents) == (20, "partially_refunded", 500)
+    moved = dict(
+        account.ledger_entries.filter(reason__in=["purchase", "purchase_refund"]).values_list(
+            "reason", "amount_credits"
+        )
+    )
+    assert moved == {"purchase": 20_000_000, "purchase_refund": -5_000_000}
+    assert "demo purchase: 20 USD by card (credited 20,000,000 credits)" in output
+    page = _owner_client(account).get("/billing/credits/").content.decode()
+    assert 'data-form="buy-credits"' in page and 'data-field="stripe-not-configured"' in page
+    assert "Partially refunded" in page
+    invoice_page = _owner_client(account).get("/billing/invoice/").content.decode()
+    assert 'data-form="buy-credits"' in invoice_page and "Purchase (card)" in invoice_page
+    assert "Purchase refunded to the card" in invoice_page
+
+    # Books tie: balance = grant + purchase − refund − usage = the ledger's sum; the in-book reconcile is clean.
     account.refresh_from_db()
-    assert account.balance_credits == GRANT - used == ledger_total(account=account)
+    assert account.balance_credits == GRANT + 15_000_000 - used == ledger_total(account=account)
     report = reconcile(window=Window(now - timedelta(days=DAYS + 1), now + timedelta(days=1)), include_litellm=False)
     assert report.exit_code == 0, report.summary()
     # The invoice reads the same usage (booked today: invoices date a charge by its ledger entry).

@@ -307,3 +307,23 @@ def test_receipt_lookup_refuses_impossible_call_ids(internal_client, call_id: st
 def test_receipt_lookup_of_a_255_character_id_is_a_plain_404(internal_client) -> None:
     response = internal_client.get(RECEIPT.format("x" * 255))
     assert response.status_code == 404 and response.json()["status"] == "unknown"
+
+
+def test_the_service_keeps_pythons_recursion_limit_although_web3_raises_it() -> None:
+    """py_ecc (web3) sets 100,000 on import; the loaded service must be back at 1000, where a hostile deep
+    body is a RecursionError and a refused record, not a C stack overflow of the worker."""
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django, sys, web3; raised = sys.getrecursionlimit(); django.setup(); "
+            "print(raised, sys.getrecursionlimit())",
+        ],
+        cwd=REPO_ROOT,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "billing_project.settings", "DEBUG": "true"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split() == ["100000", "1000"]

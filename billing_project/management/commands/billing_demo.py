@@ -13,6 +13,7 @@ call ids are fixed, so even --repost bills nothing twice).
 import logging
 import secrets
 from collections import Counter
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from accounts.models import BillingAccount
+from accounts.models import BillingAccount, LedgerReason
+from accounts.money import credits_per_usd, purchased_credits
 from accounts.services import billing_account_create, grant_credits
 from billing_project.api import scope_token
 from billing_project.scopes import TokenScope
@@ -32,8 +34,12 @@ from integrations.litellm.demo import DAYS, END_USERS, UNBOUND_END_USER, deliver
 from integrations.litellm.keys import LITELLM_MASTER_KEY_HASH
 from payers.models import ApiKeyBinding, EndUserAlias
 from payers.services import api_key_binding_create, end_user_alias_create
+from payments.models import AttemptStatus, PaymentAttempt, Provider
+from payments.services import apply_stripe_event
 
 DEMO_GRANT_KEY = "demo-initial-grant"
+DEMO_SESSION = "cs_demo_bin_run_purchase"
+DEMO_PAYMENT_INTENT = "pi_demo_bin_run_purchase"
 GATEWAY_ACCOUNT_NAME = "Gateway operator"
 
 
@@ -71,9 +77,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: Any) -> None:
         admin, admin_password, demo, demo_password, account, gateway_ok = self._setup()
-        usage_lines: list[str] = []
+        usage_lines: list[str] = [self._demo_purchase(account=account, owner=demo)]
         if not options["no_usage"]:
-            usage_lines = self._post_usage(gateway_ok=gateway_ok, repost=options["repost"])
+            usage_lines += self._post_usage(gateway_ok=gateway_ok, repost=options["repost"])
         account.refresh_from_db()
         admin_shown = admin_password if admin.check_password(admin_password) else "(changed)"
         demo_shown = demo_password if demo.check_password(demo_password) else "(changed)"
@@ -115,11 +121,43 @@ class Command(BaseCommand):
         grant_credits(
             account=account,
             amount_credits=10_000_000,
-            reason="grant",
+            reason=LedgerReason.GRANT,
             idempotency_key=DEMO_GRANT_KEY,
             memo="demo credits from bin/run",
         )
         return admin, admin_password, demo, demo_password, account, self._gateway()
+
+    def _demo_purchase(self, *, account: BillingAccount, owner: Any) -> str:
+        """One paid card purchase and a partial refund of it, through the same event handling as Stripe's
+        webhooks (not stored as deliveries: no Stripe sent them), once."""
+        if PaymentAttempt.objects.filter(provider_reference=DEMO_SESSION).exists():
+            return "  demo purchase: made before (see /billing/credits/)"
+        amount = Decimal("20.00")
+        attempt = PaymentAttempt.objects.create(
+            account=account,
+            provider=Provider.STRIPE,
+            amount_usd=amount,
+            credits=purchased_credits(amount),
+            credits_per_usd=credits_per_usd(),
+            status=AttemptStatus.PENDING,
+            provider_reference=DEMO_SESSION,
+            payment_intent=DEMO_PAYMENT_INTENT,
+            created_by=owner,
+        )
+        session = {
+            "id": DEMO_SESSION,
+            "object": "checkout.session",
+            "amount_total": attempt.amount_cents,
+            "currency": "usd",
+            "payment_status": "paid",
+            "payment_intent": DEMO_PAYMENT_INTENT,
+            "client_reference_id": str(attempt.public_id),
+            "metadata": {"payment_attempt": str(attempt.public_id)},
+        }
+        charge = {"object": "charge", "payment_intent": DEMO_PAYMENT_INTENT, "currency": "usd", "amount_refunded": 500}
+        paid = apply_stripe_event(event={"type": "checkout.session.completed", "data": {"object": session}})
+        refunded = apply_stripe_event(event={"type": "charge.refunded", "data": {"object": charge}})
+        return f"  demo purchase: 20 USD by card ({paid.text}), 5 USD refunded ({refunded.text})"
 
     def _gateway(self) -> bool:
         """Bind LiteLLM's master key as a trusted gateway key (once); False if it is bound otherwise."""

@@ -18,10 +18,11 @@ from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections, connection
 
 from holds.tasks import expire_credit_holds
+from payments.tasks import expire_payment_attempts, run_auto_recharge, verify_usdc_payments
 from receipts.tasks import purge_delivery_bodies, sweep_deferred_usage
 from reconciliation.tasks import reconcile_books
 
-logger = logging.getLogger("receipts.billing_worker")
+logger = logging.getLogger("billing_project.billing_worker")
 
 
 def _drop_stale_connections() -> None:
@@ -68,6 +69,9 @@ class Command(BaseCommand):
                 self._run(sweep_deferred_usage, "deferred usage sweep")
                 self._run(expire_credit_holds, "credit hold expiry")
                 self._run(purge_delivery_bodies, "delivery body purge")
+                self._run(expire_payment_attempts, "unpaid payment expiry")
+                self._run(verify_usdc_payments, "USDC payment verification")
+                self._run(run_auto_recharge, "auto-recharge")
                 next_sweep = time.monotonic() + sweep_every
             if reconcile and time.monotonic() >= next_reconcile and not stop.is_set():
                 self._run(reconcile_books, "scheduled reconcile")

@@ -109,7 +109,7 @@ class AuthorizeApi(APIView):
         litellm_call_id = TextField(max_length=CALL_ID_MAX_LENGTH, trim_whitespace=False, validators=[valid_call_id])
         key_hash = _optional_text("The hash LiteLLM logs for the caller's key.")
         team_id = _optional_text("The team of the caller's key.")
-        end_user = _optional_text("The caller's end user, as the plugin reads it (end_user_precedence).")
+        end_user = _optional_text("The caller's end user, as the plugin reads it (litellm_billing_plugin.end_user).")
         run_id = _optional_text("The run the caller named in its spend-log metadata, when it named one.")
         model = _optional_text("The model group the caller named (shown to staff).")
         estimated_cost_usd = UsdAmountField(help_text="The call's worst-case cost in USD: decimal text or number.")

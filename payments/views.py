@@ -19,7 +19,6 @@ from django.views.decorators.csrf import csrf_exempt
 from accounts.models import BillingAccount
 from accounts.selectors import account_for_user, account_for_user_or_404, accounts_for_user
 from billing_project.api import error_body
-from integrations.stripe.client import is_configured
 from payments.exceptions import InvalidPurchase, PaymentsUnavailable
 from payments.models import AutoRecharge, Provider
 from payments.selectors import attempt_for_owner, purchase_history
@@ -45,9 +44,6 @@ def _page(request: HttpRequest, account: BillingAccount, *, status: int = 200, *
             "accounts": accounts_for_user(user=request.user),
             "history": purchase_history(account=account),
             "auto_recharge": AutoRecharge.objects.filter(account=account).first(),
-            "stripe_configured": is_configured(),
-            "purchase_min_usd": settings.BILLING_PURCHASE_MIN_USD,
-            "purchase_max_usd": settings.BILLING_PURCHASE_MAX_USD,
             "usdc_configured": bool(settings.BILLING_USDC_RPC_URLS and settings.BILLING_USDC_RECEIVER),
             "usdc": {
                 "chain_id": settings.BILLING_USDC_CHAIN_ID,

@@ -52,7 +52,7 @@ def run_auto_recharges() -> dict[str, int]:
     counts = {"charged": 0, "declined": 0, "failed": 0}
     orders = AutoRecharge.objects.filter(enabled=True).exclude(stripe_payment_method="").select_related("account")
     for order in orders:
-        account = BillingAccount.objects.get(pk=order.account_id)  # fresh balance and held total
+        account = order.account  # balance and held total as of this sweep's one query
         if account.balance_credits - account.held_credits >= purchased_credits(order.below_usd):
             continue
         result = _recharge(order=order, account=account)

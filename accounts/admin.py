@@ -20,11 +20,25 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from accounts.exceptions import IdempotencyConflict
-from accounts.models import BillingAccount, CreditLedgerEntry
+from accounts.models import (
+    PROMOTION_PRIORITY_DEFAULT,
+    PROMOTION_PRIORITY_MAX,
+    PROMOTION_PRIORITY_MIN,
+    BillingAccount,
+    CreditCategory,
+    CreditLedgerEntry,
+    PromotionalCredit,
+)
 from accounts.money import credits_per_usd, credits_to_usd
 from accounts.selectors import account_lookup
-from accounts.services import GRANT_REASONS, InvalidGrant, billing_account_create, grant_credits
-from billing_project.admin_tools import EstimatedCountPaginator, InputListFilter, ReadOnlyMixin, adopt_created_row
+from accounts.services import (
+    GRANT_REASONS,
+    InvalidGrant,
+    billing_account_create,
+    grant_credits,
+    grant_promotional_credits,
+)
+from billing_project.modeladmin import EstimatedCountPaginator, InputListFilter, ReadOnlyMixin, adopt_created_row
 from holds.admin import OpenCreditHoldInline, holds_summary
 from payers.admin import (
     ApiKeyBindingInline,
@@ -81,6 +95,18 @@ class GrantCreditsForm(forms.Form):
         max_length=2000,
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
         help_text="Why: kept on the ledger entry with your name.",
+    )
+    category = forms.ChoiceField(
+        choices=CreditCategory.choices,
+        initial=CreditCategory.PAID,
+        required=False,
+        help_text="Promotional credit (reason grant) is used before paid credit and expires.",
+    )
+    expires_at = forms.DateTimeField(required=False, help_text="Promotional only: when the unused rest expires (UTC).")
+    priority = forms.IntegerField(
+        required=False,
+        initial=PROMOTION_PRIORITY_DEFAULT,
+        help_text=f"Promotional only: {PROMOTION_PRIORITY_MIN} is used first, {PROMOTION_PRIORITY_MAX} last.",
     )
     # Generated when the form is rendered: submitting the same form twice grants once.
     idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=255)
@@ -201,14 +227,29 @@ class BillingAccountAdmin(admin.ModelAdmin):
     def _grant(self, request: HttpRequest, account: BillingAccount, form: GrantCreditsForm) -> HttpResponse | None:
         data = form.cleaned_data
         try:
-            result = grant_credits(
-                account=account,
-                amount_credits=data["amount_credits"],
-                reason=data["reason"],
-                idempotency_key=data["idempotency_key"],
-                memo=data["memo"],
-                created_by=request.user,
-            )
+            if data["category"] == CreditCategory.PROMOTIONAL:
+                if data["reason"] != CreditLedgerEntry.Reason.GRANT:
+                    raise InvalidGrant("promotional credit is always a grant", field="reason")
+                if data["expires_at"] is None:
+                    raise InvalidGrant("promotional credit needs an expiry", field="expires_at")
+                result = grant_promotional_credits(
+                    account=account,
+                    amount_credits=data["amount_credits"],
+                    expires_at=data["expires_at"],
+                    priority=PROMOTION_PRIORITY_DEFAULT if data["priority"] is None else data["priority"],
+                    idempotency_key=data["idempotency_key"],
+                    memo=data["memo"],
+                    created_by=request.user,
+                )
+            else:
+                result = grant_credits(
+                    account=account,
+                    amount_credits=data["amount_credits"],
+                    reason=data["reason"],
+                    idempotency_key=data["idempotency_key"],
+                    memo=data["memo"],
+                    created_by=request.user,
+                )
         except IdempotencyConflict:
             form.add_error(None, "This form was already used for a different grant. Reload the page to make a new one.")
             return None
@@ -280,3 +321,13 @@ class CreditLedgerEntryAdmin(ReadOnlyMixin, admin.ModelAdmin):
         # Resolve call ids first, so both halves of the OR are index lookups on this table.
         receipt_ids = list(ChargeReceipt.objects.filter(litellm_call_id=term).values_list("id", flat=True)[:100])
         return queryset.filter(Q(idempotency_key=term) | Q(receipt_id__in=receipt_ids)), False
+
+
+@admin.register(PromotionalCredit)
+class PromotionalCreditAdmin(ReadOnlyMixin, admin.ModelAdmin):
+    """Promotional grants: made from an account's "Grant credits" form, moved only by the ledger."""
+
+    list_display = ["id", "account", "granted_credits", "remaining_credits", "priority", "expires_at", "expired_at"]
+    list_filter = [AccountFilter, "expired_at"]
+    list_select_related = ["account"]
+    ordering = ["-id"]

@@ -6,7 +6,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.http import Http404
 
-from accounts.models import BillingAccount
+from accounts.models import BillingAccount, PromotionalCredit
 
 
 def accounts_for_user(*, user: AbstractBaseUser) -> QuerySet[BillingAccount]:
@@ -47,3 +47,10 @@ def account_for_user_or_404(*, user: AbstractBaseUser, public_id: str | UUID | N
     if account is None:
         raise Http404("no such billing account")
     return account
+
+
+def open_promotions(*, account: BillingAccount) -> QuerySet[PromotionalCredit]:
+    """The account's promotional grants with credit left, in the order usage burns them (none expired)."""
+    return PromotionalCredit.objects.filter(account=account, remaining_credits__gt=0).order_by(
+        "priority", "expires_at", "id"
+    )

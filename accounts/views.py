@@ -1,4 +1,4 @@
-from drf_spectacular.utils import extend_schema, extend_schema_serializer
+from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -6,16 +6,20 @@ from rest_framework.views import APIView
 
 from accounts.exceptions import IdempotencyConflict
 from accounts.fields import AccountField
-from accounts.models import BillingAccount, CreditLedgerEntry
+from accounts.models import PROMOTION_PRIORITY_DEFAULT, BillingAccount, CreditCategory, CreditLedgerEntry
 from accounts.money import credits_to_usd
-from accounts.selectors import account_for_user_or_404
-from accounts.services import GRANT_REASONS, InvalidGrant, grant_credits
+from accounts.selectors import account_for_user_or_404, open_promotions
+from accounts.services import GRANT_REASONS, InvalidGrant, grant_credits, grant_promotional_credits
 from billing_project.api import AdminApiTokenAuthentication, IsInternalService, error_response, error_responses
 from holds.selectors import credit_availability
 
 
 class CreditGrantApi(APIView):
-    """Top-ups and grants from payment systems; idempotent by `idempotency_key`."""
+    """Top-ups and grants from payment systems; idempotent by `idempotency_key`.
+
+    `category: "promotional"` grants credit that expires at `expires_at` and is used before paid credit
+    (lowest `priority` first, then the soonest expiry); its reason is always `grant`.
+    """
 
     authentication_classes = [AdminApiTokenAuthentication]
     permission_classes = [IsInternalService]
@@ -27,6 +31,24 @@ class CreditGrantApi(APIView):
         reason = serializers.ChoiceField(choices=sorted(GRANT_REASONS))
         idempotency_key = serializers.CharField(max_length=255, required=False, allow_blank=False)
         memo = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+        category = serializers.ChoiceField(choices=CreditCategory.choices, default=CreditCategory.PAID)
+        expires_at = serializers.DateTimeField(required=False, help_text="promotional credit only: when it expires")
+        priority = serializers.IntegerField(
+            required=False,
+            help_text=f"promotional credit only: lower is used first (default {PROMOTION_PRIORITY_DEFAULT})",
+        )
+
+        def validate(self, attrs: dict) -> dict:
+            if attrs["category"] == CreditCategory.PROMOTIONAL:
+                if "expires_at" not in attrs:
+                    raise serializers.ValidationError({"expires_at": "promotional credit needs an expiry"})
+                if attrs["reason"] != CreditLedgerEntry.Reason.GRANT:
+                    raise serializers.ValidationError({"reason": "promotional credit is always a grant"})
+            else:
+                for field in ("expires_at", "priority"):
+                    if field in attrs:
+                        raise serializers.ValidationError({field: "only promotional credit expires or has a priority"})
+            return attrs
 
     @extend_schema_serializer(component_name="CreditGrantResult")
     class OutputSerializer(serializers.Serializer):
@@ -43,6 +65,7 @@ class CreditGrantApi(APIView):
                     "reason",
                     "balance_after",
                     "idempotency_key",
+                    "promotional_credit",
                     "memo",
                     "created_at",
                 ]
@@ -61,13 +84,23 @@ class CreditGrantApi(APIView):
         params = data.validated_data
         account = params["account"]
         try:
-            result = grant_credits(
-                account=account,
-                amount_credits=params["amount_credits"],
-                reason=params["reason"],
-                idempotency_key=params.get("idempotency_key"),
-                memo=params["memo"],
-            )
+            if params["category"] == CreditCategory.PROMOTIONAL:
+                result = grant_promotional_credits(
+                    account=account,
+                    amount_credits=params["amount_credits"],
+                    expires_at=params["expires_at"],
+                    priority=params.get("priority", PROMOTION_PRIORITY_DEFAULT),
+                    idempotency_key=params.get("idempotency_key"),
+                    memo=params["memo"],
+                )
+            else:
+                result = grant_credits(
+                    account=account,
+                    amount_credits=params["amount_credits"],
+                    reason=params["reason"],
+                    idempotency_key=params.get("idempotency_key"),
+                    memo=params["memo"],
+                )
         except IdempotencyConflict as exc:
             return error_response(str(exc), http_status=status.HTTP_409_CONFLICT, field="idempotency_key")
         except InvalidGrant as exc:  # amounts are judged by the service alone (accounts.services.validate_grant)
@@ -102,6 +135,23 @@ class BalanceApi(APIView):
 
         def get_held_credits(self, account: BillingAccount) -> int:
             return self.context["availability"].held_credits
+
+        promotional_credits = serializers.IntegerField(
+            help_text="the part of the balance that is promotional credit (used first, expires)"
+        )
+
+        @extend_schema_serializer(component_name="PromotionalGrant")
+        class PromotionalGrantSerializer(serializers.Serializer):
+            remaining_credits = serializers.IntegerField()
+            granted_credits = serializers.IntegerField()
+            priority = serializers.IntegerField()
+            expires_at = serializers.DateTimeField()
+
+        promotions = serializers.SerializerMethodField(help_text="unused promotional grants, in the order used")
+
+        @extend_schema_field(PromotionalGrantSerializer(many=True))
+        def get_promotions(self, account: BillingAccount) -> list:
+            return self.PromotionalGrantSerializer(open_promotions(account=account), many=True).data
 
     @extend_schema(parameters=[InputSerializer], responses={200: OutputSerializer})
     def get(self, request: Request) -> Response:

@@ -45,6 +45,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -550,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-logs", action="store_true", help="keep gunicorn's log (path printed)")
     parser.add_argument("--profile-only", action="store_true", help="only the in-process profile (no gunicorn)")
     parser.add_argument("--no-profile", action="store_true", help="skip the in-process profile and zstd levels")
+    parser.add_argument(
+        "--no-promotional", action="store_true", help="skip the phases with promotional credit and balance alerts"
+    )
     args = parser.parse_args(argv)
     seconds = 5.0 if args.quick else args.seconds
     batches_512 = 16 if args.quick else 100
@@ -579,7 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     from django.db import connection
 
     from accounts.models import BillingAccount
+    from accounts.services import grant_promotional_credits
     from billing_project.db import conninfo_from_settings
+    from notifications.services import balance_alert_create
     from payers.models import ApiKeyBinding, EndUserAlias
     from tests.gunicorn_server import start_service
 
@@ -649,6 +655,40 @@ def main(argv: list[str] | None = None) -> int:
                 "p99_512_4", "512 records/POST, 4 senders", 512, CLIENTS, min_batches=batches_512, secs=0
             ),
         }
+
+        # Issue 18: the same two throughput phases with promotional credit to burn (three lots, the usage debit
+        # takes from the first) and two balance alerts on the account: what the ledger trigger's extra work costs.
+        if not args.no_promotional:
+            later = datetime.now(UTC) + timedelta(days=30)
+            for priority in (1, 2, 3):
+                grant_promotional_credits(account=account, amount_credits=10**15, expires_at=later, priority=priority)
+            for threshold in (10**6, 10**9):
+                balance_alert_create(account=account, threshold_credits=threshold)
+            connection.close()
+            promo = {
+                "batch100": phase(
+                    "batch100",
+                    "100 records/POST, 4 clients, promotional",
+                    100,
+                    CLIENTS,
+                    min_batches=CLIENTS,
+                    secs=seconds,
+                ),
+                "one": phase(
+                    "one", "1 record/POST, 4 clients, promotional", 1, CLIENTS, min_batches=CLIENTS, secs=seconds
+                ),
+            }
+            print("\nPromotional credit present (3 lots burnt first, 2 balance alerts), same run:")
+            for key, with_promo in promo.items():
+                without = phases[key]
+                print(
+                    f"  {with_promo.name}: {with_promo.rate:,.0f} records/s vs {without.rate:,.0f} without "
+                    f"({with_promo.rate / without.rate:.2f}x), p99 {percentile(with_promo.latencies_ms, 99):,.0f} ms "
+                    f"vs {percentile(without.latencies_ms, 99):,.0f} ms",
+                    flush=True,
+                )
+            for p in promo.values():
+                phases[f"{p.name}"] = p
 
         # The floor of one request through gunicorn + Django + one SQL statement: what any one-record POST pays.
         def send_health(client: Any, _size: int) -> None:

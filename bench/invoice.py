@@ -77,14 +77,15 @@ RECEIPTS_SQL = """
 INSERT INTO receipts_chargereceipt (
     account_id, source_system, source_reference, litellm_call_id, request_id, run_id, attempt, status,
     model_group, model, provider, call_type, stream, cache_hit, prompt_tokens, completion_tokens,
-    total_tokens, cost_usd, charged_credits, credits_per_usd, markup, zero_cost_suspect, end_user, api_key_hash,
+    total_tokens, cost_usd, charged_credits, credits_per_usd, markup, zero_cost_suspect, provisional_cost, end_user,
+    api_key_hash,
     api_key_alias, team_id, payer_source, spend_log_request_id, started_at, ended_at, created_at)
 SELECT %(account)s, 'litellm', c.call_id || '/0/' || c.call_id, c.call_id, 'chatcmpl-' || c.call_id, c.call_id,
        0, 'success', g.model_group, g.model, g.provider,
        CASE WHEN g.completion = 0 THEN 'aembedding' ELSE 'acompletion' END, (i %% 3 = 0), false,
        g.prompt, g.completion, g.prompt + g.completion, m.cost,
        ceil(m.cost * %(rate)s::numeric * %(markup)s::numeric)::bigint, %(rate)s::numeric, %(markup)s::numeric,
-       false, %(end_user)s || '-' || (i %% %(end_users)s), md5('key' || (i %% %(keys)s)),
+       false, false, %(end_user)s || '-' || (i %% %(end_users)s), md5('key' || (i %% %(keys)s)),
        CASE WHEN i %% %(keys)s %% 2 = 0 THEN 'key-' || (i %% %(keys)s) ELSE '' END, '', 'key', '',
        t.at, t.at + interval '2 seconds', t.at
   FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i

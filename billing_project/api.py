@@ -219,3 +219,19 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     if request.path.startswith("/api/"):
         return JsonResponse(error_body(f"no such endpoint: {request.path[:200]}", field="path"), status=404)
     return page_not_found(request, exception)
+
+
+def document_unsupported_media_type(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook: every operation that takes a body may answer 415 (DRF refuses a
+    Content-Type no parser reads, or a body its parser cannot split), with the one error body."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "requestBody" in operation:
+                operation.setdefault("responses", {}).setdefault(
+                    "415",
+                    {
+                        "description": _ERROR_MEANINGS[415],
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+                    },
+                )
+    return result

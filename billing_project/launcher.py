@@ -44,6 +44,8 @@ def main() -> int:
     # (README, "Production settings"); the environment still wins.
     for name in ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"):
         env.setdefault(name, "false")
+    # The local demo may send its webhooks to a receiver on this machine (production refuses private addresses).
+    env.setdefault("BILLING_WEBHOOKS_ALLOW_PRIVATE", "true")
     server = None
     if not env.get("DATABASE_URL"):
         server, env["DATABASE_URL"] = start_embedded_postgres(data_dir=DATA_DIR / "postgres")

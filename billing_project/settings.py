@@ -46,6 +46,8 @@ INSTALLED_APPS = [
     "invoices",
     "reconciliation",
     "payments",
+    "notifications",
+    "activity",
 ]
 
 MIDDLEWARE = [
@@ -168,6 +170,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Internal ingest, receipts and credits endpoints, and the user invoice API.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "billing_project.api.document_unsupported_media_type",
+    ],
 }
 
 # --- Billing -----------------------------------------------------------------
@@ -249,6 +255,15 @@ STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 # (smtp+tls://user:password@host:587); the default prints mail to the console.
 vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="billing@localhost")
+
+# Outbound webhooks and balance alerts (notifications/). Endpoint URLs that resolve to loopback, private or
+# link-local addresses are refused unless BILLING_WEBHOOKS_ALLOW_PRIVATE (tests and bin/run's demo set it).
+BILLING_WEBHOOKS_ALLOW_PRIVATE = env.bool("BILLING_WEBHOOKS_ALLOW_PRIVATE", default=False)
+BILLING_WEBHOOK_TIMEOUT_SECONDS = env.float("BILLING_WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# A delivery is retried with exponential backoff and jitter until this long after its event, then gives up.
+BILLING_WEBHOOK_RETRY_HOURS = env.float("BILLING_WEBHOOK_RETRY_HOURS", default=72.0)
+# How often the worker (Celery beat, or billing_worker) dispatches new events and sends due deliveries.
+BILLING_EVENTS_POLL_SECONDS = env.float("BILLING_EVENTS_POLL_SECONDS", default=1.0)
 # One or more whsec_… secrets, comma-separated: a delivery verifies against any (rotation without a gap).
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
@@ -347,6 +362,14 @@ CELERY_BEAT_SCHEDULE = {
     "verify-usdc-payments": {
         "task": "payments.tasks.verify_usdc_payments",
         "schedule": timedelta(seconds=BILLING_DEFERRED_SWEEP_SECONDS),
+    },
+    "expire-promotions": {
+        "task": "accounts.tasks.expire_promotions",
+        "schedule": timedelta(seconds=BILLING_DEFERRED_SWEEP_SECONDS),
+    },
+    "deliver-billing-events": {
+        "task": "notifications.tasks.deliver_billing_events",
+        "schedule": timedelta(seconds=BILLING_EVENTS_POLL_SECONDS),
     },
 }
 

@@ -17,6 +17,8 @@ urlpatterns = [
     path("", include("accounts.urls")),
     path("", include("reconciliation.urls")),
     path("", include("payments.urls")),
+    path("", include("notifications.urls")),
+    path("", include("activity.urls")),
     # The schema and the metrics describe internals: both need the internal bearer token.
     path(
         "api/schema/",

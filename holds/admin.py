@@ -10,7 +10,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from accounts.models import BillingAccount
-from billing_project.admin_tools import ReadOnlyMixin
+from billing_project.modeladmin import ReadOnlyMixin
 from holds.models import CreditHold
 from holds.selectors import credit_availability
 from holds.services import release_hold

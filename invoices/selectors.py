@@ -36,6 +36,7 @@ from accounts.money import credits_per_usd, credits_to_usd
 from billing_project.dates import utc_midnight
 from invoices.models import LedgerDailySummary, LedgerPayerSummary
 from payers.models import shortened_key_hash
+from receipts.selectors import usage_by_call_day
 
 Reason = CreditLedgerEntry.Reason
 # Credits added, in the order every surface lists them (all four, even at 0).
@@ -413,3 +414,17 @@ def api_key_label(key_hash: str, alias: str) -> str:
     if not key_hash:
         return "(no key)"
     return shortened_key_hash(key_hash)
+
+
+def call_day_lines(*, account_id: int, start: date, end: date) -> list[DayLine]:
+    """Billed usage per UTC day of LiteLLM's call time in [start, end), every day present (the "by call day"
+    view beside the booking-date one; balances are the ledger's, so they stay 0 here)."""
+    usage = usage_by_call_day(account_id=account_id, start=utc_midnight(start), end=utc_midnight(end))
+    lines = []
+    for day in _days(start, end - timedelta(days=1)):
+        u = usage.get(day)
+        sums = (
+            (0, 0, 0, 0, 0) if u is None else (u.calls, u.prompt_tokens, u.completion_tokens, u.total_tokens, u.credits)
+        )
+        lines.append(DayLine(day, *sums, 0, 0))
+    return lines

@@ -23,11 +23,19 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.models import BillingAccount
-from accounts.selectors import account_for_user, account_for_user_or_404, accounts_for_user
+from accounts.selectors import account_for_user, account_for_user_or_404, accounts_for_user, open_promotions
 from holds.selectors import credit_availability
 from invoices.charts import daily_usage_chart
 from invoices.exports import invoice_csv
-from invoices.selectors import InvalidPeriod, Invoice, Period, current_period, invoice_for_account, parse_period
+from invoices.selectors import (
+    InvalidPeriod,
+    Invoice,
+    Period,
+    call_day_lines,
+    current_period,
+    invoice_for_account,
+    parse_period,
+)
 
 USD_FIELD: dict[str, Any] = {"max_digits": 40, "decimal_places": 6}
 
@@ -81,9 +89,18 @@ class InvoicePageView(LoginRequiredMixin, View):
         many = len(accounts) > 1
         period = invoice.period
         this_month = current_period()
+        by_call_day = request.GET.get("days") == "call"
+        days = (
+            call_day_lines(account_id=invoice.account.pk, start=period.start, end=period.end)
+            if by_call_day
+            else invoice.by_day
+        )
         return {
             "invoice": invoice,
-            "chart": daily_usage_chart(invoice.by_day),
+            "chart": daily_usage_chart(days),
+            "by_call_day": by_call_day,
+            "booked_days_url": _invoice_url(period, invoice.account, many_accounts=many),
+            "call_days_url": _invoice_url(period, invoice.account, many_accounts=many, days="call"),
             "breakdowns": [
                 ("Usage by API key", "api_key", invoice.by_api_key),
                 ("Usage by end user", "end_user", invoice.by_end_user),
@@ -99,6 +116,7 @@ class InvoicePageView(LoginRequiredMixin, View):
             if period.next <= this_month
             else None,
             "availability": credit_availability(account=invoice.account),
+            "promotions": list(open_promotions(account=invoice.account)),
             "ties_out": invoice.ties_out,
         }
 

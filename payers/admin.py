@@ -16,7 +16,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
-from billing_project.admin_tools import adopt_created_row
+from billing_project.modeladmin import adopt_created_row
 from integrations.litellm.keys import storable_key_hash
 from payers.exceptions import BindingConflict, InvalidBinding
 from payers.models import ApiKeyBinding, EndUserAlias, RunBinding, TeamBinding

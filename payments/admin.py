@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from billing_project.admin_tools import ReadOnlyMixin
+from billing_project.modeladmin import ReadOnlyMixin
 from payments.models import PaymentAttempt, ProviderEvent
 from payments.selectors import ledger_entries_of_attempt
 from payments.services import process_provider_event, resolve_mismatch

@@ -24,7 +24,7 @@ from django.utils.html import format_html
 from accounts.admin import AccountFilter, account_link
 from accounts.exceptions import BillingError
 from accounts.models import BillingAccount
-from billing_project.admin_tools import EstimatedCountPaginator, ExactSearchMixin, IndexedValuesFilter, ReadOnlyMixin
+from billing_project.modeladmin import EstimatedCountPaginator, ExactSearchMixin, IndexedValuesFilter, ReadOnlyMixin
 from payers.models import EndUserAlias
 from payers.services import end_user_alias_create
 from receipts.models import ChargeReceipt, DeferredUsage, IngestBatch

@@ -2,7 +2,7 @@ import operator
 from functools import reduce
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 
 from accounts.money import COST_DECIMAL_PLACES, COST_MAX_DIGITS
@@ -96,6 +96,10 @@ class ChargeReceipt(models.Model):
             models.Index(fields=["provider"], name="receipt_provider"),
             # The call's time: reconcile selects a window's receipts by it (reconciliation/checks.py).
             models.Index(Coalesce("started_at", "created_at"), name="receipt_call_time"),
+            # An account's calls newest first by call time: the activity page's keyset (activity.selectors).
+            models.Index(
+                F("account"), Coalesce("started_at", "created_at").desc(), F("id").desc(), name="receipt_account_call"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -145,6 +149,13 @@ class DeferredUsage(models.Model):
     api_key_hash = models.CharField(max_length=255, blank=True, default="", db_index=True)
     team_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
     run_id = models.CharField(max_length=RUN_ID_MAX_LENGTH, blank=True, default="", db_index=True)
+    # Who would pay, when a binding decides it already (an unknown cost): the activity page shows the call
+    # to that account as waiting. Null for an unknown payer or an unreadable record.
+    account = models.ForeignKey(
+        "accounts.BillingAccount", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_index=False
+    )
+    # LiteLLM's start time of the call (else when it was deferred).
+    called_at = models.DateTimeField(null=True, blank=True)
     reason = models.CharField(max_length=32, choices=Reason.choices)
     detail = models.TextField(blank=True, default="")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -185,6 +196,13 @@ class DeferredUsage(models.Model):
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="deferred_due"),
             models.Index(fields=["reason", "status"], name="deferred_reason_status"),
+            models.Index(
+                F("account"),
+                F("called_at").desc(),
+                F("id").desc(),
+                condition=Q(status__in=OPEN_DEFERRED_STATUSES),
+                name="deferred_open_account_call",
+            ),
         ]
 
     def __str__(self) -> str:

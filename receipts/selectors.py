@@ -1,8 +1,10 @@
 import json
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 
 import zstandard
-from django.db.models import Count, QuerySet
+from django.db.models import Count, QuerySet, Sum
+from django.db.models.functions import Coalesce, TruncDate
 
 from receipts.delivery import BodyError, split_delivery
 from receipts.models import ChargeReceipt, DeferredUsage, IngestBatch
@@ -66,3 +68,37 @@ def delivered_record_for_staff(*, ingest_batch_id: int | None, position: int | N
         value = {k: ("(not shown)" if k in _PRIVATE_FIELDS else v) for k, v in value.items()}
     text = json.dumps(value, indent=2, ensure_ascii=True)
     return text[:_SHOWN_BYTES]
+
+
+@dataclass(frozen=True)
+class CallDayUsage:
+    """One UTC day of an account's billed calls, dated by LiteLLM's call time (not when they were billed)."""
+
+    day: date
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    credits: int
+
+
+def usage_by_call_day(*, account_id: int, start: datetime, end: datetime) -> dict[date, CallDayUsage]:
+    """Billed usage per UTC day of call time in [start, end) (the receipt_account_call index)."""
+    rows = (
+        ChargeReceipt.objects.filter(account_id=account_id)
+        .annotate(call_time=Coalesce("started_at", "created_at"))
+        .filter(call_time__gte=start, call_time__lt=end)
+        .annotate(day=TruncDate("call_time", tzinfo=UTC))
+        .values("day")
+        .annotate(
+            calls=Count("id"),
+            prompt=Sum("prompt_tokens"),
+            completion=Sum("completion_tokens"),
+            total=Sum("total_tokens"),
+            credits=Sum("charged_credits"),
+        )
+    )
+    return {
+        r["day"]: CallDayUsage(r["day"], r["calls"], r["prompt"], r["completion"], r["total"], r["credits"])
+        for r in rows
+    }

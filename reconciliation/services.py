@@ -15,13 +15,15 @@ from contextlib import contextmanager
 from datetime import datetime
 
 from django.conf import settings
-from django.db import DataError, transaction
+from django.db import DatabaseError, DataError, transaction
+from django.utils import timezone
 
 from accounts.models import BillingAccount
 from integrations.litellm.client import LiteLLMClient, LiteLLMError
 from reconciliation import metrics
 from reconciliation.backfill import backfill
 from reconciliation.checks import check_books, compare_with_litellm, create_found_table, temp_tables_cursor
+from reconciliation.models import ReconcileRun
 from reconciliation.report import BOOK_KINDS, KINDS, ReconcileReport, collect
 from reconciliation.spendlogs import load_spend_logs
 from reconciliation.window import Window, scheduled_window
@@ -79,7 +81,27 @@ def reconcile(
             collect(cursor, report, limit)
     report.duration_seconds = time.monotonic() - started
     _publish(report)
+    _record(report)
     return report
+
+
+def _record(report: ReconcileReport) -> None:
+    """Keep what the run found, for the staff dashboard (its own transaction: a report is never lost with
+    the caller's rollback, and a failure to keep it never fails the run)."""
+    try:
+        with transaction.atomic():
+            ReconcileRun.objects.create(
+                finished_at=timezone.now(),
+                outcome=report.outcome,
+                window_start=report.window.since,
+                window_end=report.window.until,
+                litellm_checked=report.litellm_checked,
+                applied=report.apply,
+                duration_seconds=report.duration_seconds,
+                summary=report.summary(),
+            )
+    except DatabaseError:
+        logger.exception("reconcile: could not keep the run's report for the dashboard")
 
 
 def reconcile_scheduled(*, now: datetime | None = None) -> ReconcileReport:

@@ -15,3 +15,10 @@ def credits_filter(amount: int) -> str:
 @register.filter(name="usd")
 def usd_filter(amount: Decimal) -> str:
     return format_usd(amount)
+
+
+@register.filter(name="exact_usd")
+def exact_usd_filter(amount: Decimal) -> str:
+    """A cost with every digit LiteLLM sent, no exponent, no trailing zeros (the activity page's cost)."""
+    text = format(amount.normalize(), "f")
+    return f"${text}"

@@ -9,6 +9,7 @@ from django.db import transaction
 from payments import metrics
 from payments.exceptions import InvalidPurchase, InvalidTransition
 from payments.models import ALLOWED_TRANSITIONS, AttemptStatus, PaymentAttempt, Provider
+from payments.signals import payment_status_changed
 
 
 def usd_amount(value: object, *, field: str) -> Decimal:
@@ -42,6 +43,7 @@ def transition(attempt: PaymentAttempt, status: str) -> bool:
         raise InvalidTransition(f"a payment attempt cannot go from {attempt.status} to {status}")
     attempt.status = status
     attempt.save(update_fields=["status", "updated_at"])
+    payment_status_changed.send(sender=PaymentAttempt, attempt=attempt, status=status)
     provider, reached = attempt.provider, status
     transaction.on_commit(lambda: metrics.payment_attempts_total.labels(provider=provider, status=reached).inc())
     return True

@@ -23,11 +23,11 @@ from accounts.money import ChargeRate, current_charge_rate
 from accounts.services import grant_credits
 from billing_project.db import INSERT_CHUNK_ROWS
 from holds.services import settle_holds
-from payers.selectors import PayerDecision, PayerQuery, resolve_payers
+from payers.selectors import PayerDecision
 from receipts import metrics
 from receipts.facts import REUSED_CALL_SEPARATOR, SOURCE_SYSTEM, NotBillable, UsageFact
 from receipts.models import ChargeReceipt, DeferredUsage
-from receipts.services.deferrals import defer_usage
+from receipts.services.deferrals import defer_usage, payers_of
 
 logger = logging.getLogger(__name__)
 
@@ -221,16 +221,6 @@ def _same_billed_call(fact: UsageFact, billed: Sequence[_BilledCall]) -> _Billed
     return None
 
 
-def _payers(facts: Sequence[UsageFact]) -> list[PayerDecision | None]:
-    """Who pays for each fact, derived from what LiteLLM logged (SERVER_DERIVES_IDENTITY); None: unknown."""
-    return resolve_payers(
-        queries=[
-            PayerQuery(key_hash=f.api_key_hash, team_id=f.team_id, end_user=f.end_user, run_id=f.explicit_run_id)
-            for f in facts
-        ]
-    )
-
-
 def unknown_payer_detail(fact: UsageFact) -> str:
     """What staff need to bind the payer of a deferred record."""
     run = f", run {fact.explicit_run_id!r}" if fact.explicit_run_id else ""
@@ -263,7 +253,7 @@ def commit_usage_facts(*, facts: Sequence[UsageFact]) -> list[CommitOutcome]:
         raise ValueError("commit_usage_facts() bills facts with a known cost only")
     now = timezone.now()
     rate = current_charge_rate()
-    payers = _payers(facts)
+    payers = payers_of(facts)
     # The batch's distinct calls per source reference (an identical record again follows its first copy).
     calls: dict[str, list[int]] = {}
     first_copy: list[int | None] = [None] * len(facts)

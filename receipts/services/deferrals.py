@@ -8,7 +8,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from billing_project.db import INSERT_CHUNK_ROWS
-from payers.selectors import run_id_from_end_user
+from payers.selectors import PayerDecision, PayerQuery, resolve_payers, run_id_from_end_user
 from receipts.facts import SOURCE_SYSTEM, NotBillable, UsageFact, fact_from_json, fact_to_json, is_fact_json
 from receipts.models import DeferredUsage
 
@@ -49,6 +49,18 @@ def _reference(fact: UsageFact, waiting: dict[str, UsageFact | None]) -> str:
     return ref
 
 
+def payers_of(facts: Sequence[UsageFact]) -> list[PayerDecision | None]:
+    """Who pays for each fact, derived from what LiteLLM logged (SERVER_DERIVES_IDENTITY); None: unknown."""
+    if not facts:
+        return []
+    return resolve_payers(
+        queries=[
+            PayerQuery(key_hash=f.api_key_hash, team_id=f.team_id, end_user=f.end_user, run_id=f.explicit_run_id)
+            for f in facts
+        ]
+    )
+
+
 def defer_usage(*, items: Sequence[NotBillable]) -> None:
     """Keep records that cannot be billed now. One open row per source reference.
 
@@ -59,6 +71,9 @@ def defer_usage(*, items: Sequence[NotBillable]) -> None:
     lock the same keys in the same order and never deadlock.
     """
     now = timezone.now()
+    readable = [item.fact for item in items if item.fact is not None]
+    # Who would pay, when a binding says so already (the activity page shows the call as waiting).
+    payers = {id(f): d.account_id if d else None for f, d in zip(readable, payers_of(readable), strict=True)}
     waiting = _open_deferred_calls(sorted({item.fact.source_reference for item in items if item.fact is not None}))
     rows = []
     for item in items:
@@ -74,6 +89,8 @@ def defer_usage(*, items: Sequence[NotBillable]) -> None:
                 api_key_hash=fact.api_key_hash if fact else "",
                 team_id=fact.team_id if fact else "",
                 run_id=(fact.explicit_run_id or run_id_from_end_user(fact.end_user)) if fact else "",
+                account_id=payers[id(fact)] if fact else None,
+                called_at=(fact.started_at or now) if fact else now,
                 reason=item.reason if waits else DeferredUsage.Reason.INVALID,
                 detail=item.detail if waits else f"{item.reason}: {item.detail}",
                 status=DeferredUsage.Status.PENDING if waits else DeferredUsage.Status.FAILED,

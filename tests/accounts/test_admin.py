@@ -11,9 +11,9 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from accounts.models import BillingAccount, CreditLedgerEntry
+from accounts.models import BillingAccount, CreditLedgerEntry, PromotionalCredit
 from accounts.services import grant_credits
-from billing_project.admin_tools import EstimatedCountPaginator
+from billing_project.modeladmin import EstimatedCountPaginator
 from payers.models import EndUserAlias
 from receipts.models import ChargeReceipt, DeferredUsage
 from tests.books import ledger_total
@@ -467,3 +467,15 @@ def test_an_alias_added_on_the_account_page_replays_waiting_usage(
     assert DeferredUsage.objects.get(end_user="acct-dave").status == DeferredUsage.Status.BILLED
     account.refresh_from_db()
     assert account.balance_credits == -70 == ledger_total(account=account)
+
+
+def test_staff_grant_promotional_credit_from_the_admin_form(staff_client: Client, account: BillingAccount) -> None:
+    url = f"/admin/accounts/billingaccount/{account.pk}/grant/"
+    base = {"reason": "grant", "amount_credits": "700", "memo": "launch promo", "category": "promotional"}
+    missing = staff_client.post(url, {**grant_form(staff_client, account), **base})
+    assert missing.status_code == 200 and "needs an expiry" in missing.content.decode()
+    data = {**grant_form(staff_client, account), **base, "expires_at": "2099-03-01 00:00", "priority": "3"}
+    assert staff_client.post(url, data).status_code == 302
+    lot = PromotionalCredit.objects.get(account=account)
+    assert (lot.granted_credits, lot.remaining_credits, lot.priority) == (700, 700, 3)
+    assert staff_client.get("/admin/accounts/promotionalcredit/").status_code == 200

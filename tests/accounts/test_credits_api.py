@@ -72,3 +72,39 @@ def test_requires_the_internal_token(client, account) -> None:
     response = client.post(CREDITS, {"account": str(account.public_id)}, content_type="application/json")
     assert response.status_code == 401
     assert not CreditLedgerEntry.objects.exists()
+
+
+def test_promotional_grant_through_the_api_shows_on_the_balance(internal_client, account, client) -> None:
+    expires = "2099-01-01T00:00:00Z"
+    made = grant(internal_client, account, reason="grant", category="promotional", expires_at=expires, priority=5)
+    assert made.status_code == 201, made.json()
+    assert made.json()["entry"]["promotional_credit"] is not None
+    client.force_login(account.owner)
+    balance = client.get("/billing/balance").json()
+    assert balance["balance_credits"] == 5000 and balance["promotional_credits"] == 5000
+    assert balance["promotions"] == [
+        {"remaining_credits": 5000, "granted_credits": 5000, "priority": 5, "expires_at": "2099-01-01T00:00:00Z"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"category": "promotional", "reason": "grant"}, "expires_at"),
+        ({"category": "promotional", "reason": "top_up", "expires_at": "2099-01-01T00:00:00Z"}, "reason"),
+        ({"category": "promotional", "reason": "grant", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+        (
+            {"category": "promotional", "reason": "grant", "expires_at": "2099-01-01T00:00:00Z", "priority": 0},
+            "priority",
+        ),
+        ({"category": "promotional", "reason": "grant", "expires_at": "soon"}, "expires_at"),
+        ({"expires_at": "2099-01-01T00:00:00Z"}, "expires_at"),
+        ({"category": "bonus"}, "category"),
+    ],
+)
+def test_bad_promotional_grants_name_the_field_and_save_nothing(internal_client, account, changes, field) -> None:
+    refused = grant(internal_client, account, **changes)
+    assert refused.status_code == 400
+    body = refused.json()
+    assert body.get("field") == field or set(body.get("fields", {})) == {field}, body
+    assert not CreditLedgerEntry.objects.exists()

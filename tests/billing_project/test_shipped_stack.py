@@ -8,6 +8,7 @@
 - gunicorn reads chunked ingest bodies (and a server that does not terminate them answers 411).
 """
 
+import json
 import os
 import re
 import runpy
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from billing_project.scopes import SCOPE_SETTINGS
 from receipts.models import ChargeReceipt
@@ -237,3 +239,27 @@ def test_a_server_that_does_not_terminate_chunked_input_answers_411(runserver: R
     response = _post_chunked(runserver.base_url, to_body([litellm_record(end_user="chunked-carol")]))
     assert response.status_code == 411 and response.json()["field"] == "Content-Length"
     assert not ChargeReceipt.objects.filter(end_user="chunked-carol").exists()
+
+
+def test_compose_provisions_grafana_with_the_billing_dashboard_on_real_metrics() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    grafana, prometheus = services["grafana"], services["prometheus"]
+    assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
+    assert prometheus["secrets"][0]["target"] == "/etc/prometheus/secrets/billing-token"
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/billing.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+    source = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text())
+    uid = source["datasources"][0]["uid"]
+
+    dashboard = json.loads((ROOT / "deploy/grafana/dashboards/billing.json").read_text())
+    names = set()
+    for metric in REGISTRY.collect():
+        names |= {metric.name, f"{metric.name}_total"} | {sample.name for sample in metric.samples}
+    used = set()
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == uid
+        for target in panel["targets"]:
+            used |= set(re.findall(r"billing_[a-z_]+", target["expr"]))
+    assert used <= names, used - names
+    assert {"billing_reconcile_discrepancies", "billing_deferred_pending", "billing_webhook_deliveries_total"} <= used

@@ -410,7 +410,16 @@ def test_balance_endpoint_reads_the_ledger_balance(february: BillingAccount) -> 
     assert response.status_code == 200
     body = response.json()
     total = CreditLedgerEntry.objects.filter(account=february).aggregate(s=Sum("amount_credits"))["s"]
-    assert set(body) == {"account", "balance_credits", "balance_usd", "available_credits", "held_credits"}
+    assert set(body) == {
+        "account",
+        "balance_credits",
+        "balance_usd",
+        "available_credits",
+        "held_credits",
+        "promotional_credits",
+        "promotions",
+    }
+    assert body["promotional_credits"] == 0 and body["promotions"] == []
     assert body["available_credits"] == body["balance_credits"] and body["held_credits"] == 0  # no call in flight
     assert body["account"] == str(february.public_id)
     assert body["balance_credits"] == total == -2_765 - 200 + 10_000

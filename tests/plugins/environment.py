@@ -35,3 +35,5 @@ if not os.environ.get("DATABASE_URL"):
 os.environ["SECURE_SSL_REDIRECT"] = "false"
 os.environ["SESSION_COOKIE_SECURE"] = "false"
 os.environ["CSRF_COOKIE_SECURE"] = "false"
+# The webhook receivers of the tests listen on loopback (production refuses private addresses).
+os.environ["BILLING_WEBHOOKS_ALLOW_PRIVATE"] = "true"

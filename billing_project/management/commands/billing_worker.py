@@ -1,10 +1,11 @@
 """`python manage.py billing_worker`: the safety nets without a Celery broker.
 
-bin/run starts it when CELERY_BROKER_URL is empty. It runs the same two jobs
-as Celery beat, on the same schedule (settings.CELERY_BEAT_SCHEDULE):
-the deferred-usage sweep every BILLING_DEFERRED_SWEEP_SECONDS (each due
-record is retried right here, then expired credit holds are marked) and the scheduled reconcile every
-BILLING_RECONCILE_SECONDS. SIGTERM or SIGINT stops it after the job in hand.
+bin/run starts it when CELERY_BROKER_URL is empty. It runs the jobs of Celery
+beat, on the same schedule (settings.CELERY_BEAT_SCHEDULE): the sweeps every
+BILLING_DEFERRED_SWEEP_SECONDS (each due deferred record is retried right here, expired credit holds are
+marked, payments and promotional credit expire), the billing events' delivery (webhooks, owner mail) every
+BILLING_EVENTS_POLL_SECONDS and the scheduled reconcile every BILLING_RECONCILE_SECONDS. SIGTERM or SIGINT
+stops it after the job in hand.
 """
 
 import logging
@@ -17,7 +18,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections, connection
 
+from accounts.tasks import expire_promotions
 from holds.tasks import expire_credit_holds
+from notifications.tasks import deliver_billing_events
 from payments.tasks import expire_payment_attempts, run_auto_recharge, verify_usdc_payments
 from receipts.tasks import purge_delivery_bodies, sweep_deferred_usage
 from reconciliation.tasks import reconcile_books
@@ -60,7 +63,8 @@ class Command(BaseCommand):
             sweep_every,
             f", reconciling every {reconcile_every}s" if reconcile else "",
         )
-        next_sweep = time.monotonic()
+        events_every = settings.BILLING_EVENTS_POLL_SECONDS
+        next_sweep = next_events = time.monotonic()
         # Like beat: the first scheduled reconcile runs one interval after start (--once: now).
         next_reconcile = time.monotonic() + (0 if once else reconcile_every)
         while not stop.is_set():
@@ -72,13 +76,17 @@ class Command(BaseCommand):
                 self._run(expire_payment_attempts, "unpaid payment expiry")
                 self._run(verify_usdc_payments, "USDC payment verification")
                 self._run(run_auto_recharge, "auto-recharge")
+                self._run(expire_promotions, "promotional credit expiry")
                 next_sweep = time.monotonic() + sweep_every
+            if time.monotonic() >= next_events:
+                self._run(deliver_billing_events, "billing events delivery")
+                next_events = time.monotonic() + events_every
             if reconcile and time.monotonic() >= next_reconcile and not stop.is_set():
                 self._run(reconcile_books, "scheduled reconcile")
                 next_reconcile = time.monotonic() + reconcile_every
             if once:
                 break
-            due = min(next_sweep, next_reconcile) if reconcile else next_sweep
+            due = min(next_sweep, next_events, next_reconcile) if reconcile else min(next_sweep, next_events)
             stop.wait(max(0.0, due - time.monotonic()))
         _drop_stale_connections()
         logger.info("billing_worker: stopped")

@@ -8,13 +8,14 @@ comes through grant_credits().
 """
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DataError, IntegrityError, transaction
 from django.utils import timezone
 
 from accounts.exceptions import FieldError, IdempotencyConflict, InvalidLedgerOperation
-from accounts.models import DEBIT_ONLY_REASONS, BillingAccount, CreditLedgerEntry
+from accounts.models import DEBIT_ONLY_REASONS, BillingAccount, CreditLedgerEntry, PromotionalCredit
 from accounts.money import BIGINT_MAX, BIGINT_MIN, fits_bigint
 
 Reason = CreditLedgerEntry.Reason
@@ -58,8 +59,20 @@ def validate_grant(*, amount_credits: int, reason: str, reasons: frozenset[str] 
         raise InvalidGrant(f"amount_credits must be positive for {reason}", field="amount_credits")
 
 
-def _same_grant(entry: CreditLedgerEntry, *, account: BillingAccount, amount_credits: int, reason: str) -> bool:
-    return entry.account_id == account.pk and entry.amount_credits == amount_credits and entry.reason == reason
+def _same_grant(
+    entry: CreditLedgerEntry,
+    *,
+    account: BillingAccount,
+    amount_credits: int,
+    reason: str,
+    promotional_credit: PromotionalCredit | None = None,
+) -> bool:
+    return (
+        entry.account_id == account.pk
+        and entry.amount_credits == amount_credits
+        and entry.reason == reason
+        and (promotional_credit is None or entry.promotional_credit_id == promotional_credit.pk)
+    )
 
 
 @transaction.atomic
@@ -72,20 +85,23 @@ def grant_credits(
     memo: str = "",
     created_by: AbstractBaseUser | None = None,
     reasons: frozenset[str] = GRANT_REASONS,
+    promotional_credit: PromotionalCredit | None = None,
+    now: datetime | None = None,
 ) -> GrantResult:
     """Append a top-up, grant, refund or adjustment. Idempotent by `idempotency_key`.
 
     A replay of the same key with the same account, amount and reason returns
     the original entry (created=False); the same key with other content raises
     IdempotencyConflict. Two concurrent calls with one key grant once: the
-    second waits on the unique index and then finds the first.
+    second waits on the unique index and then finds the first. `promotional_credit`:
+    the promotional grant this entry funds or expires (accounts.services.promotions).
     """
     validate_grant(amount_credits=amount_credits, reason=reason, reasons=reasons)
     key = idempotency_key or None
     if key is not None:
         existing = CreditLedgerEntry.objects.filter(idempotency_key=key).first()
         if existing is not None:
-            return _replayed(existing, account=account, amount_credits=amount_credits, reason=reason)
+            return replayed_grant(existing, account=account, amount_credits=amount_credits, reason=reason)
     try:
         with transaction.atomic():
             entry = CreditLedgerEntry.objects.create(
@@ -93,9 +109,10 @@ def grant_credits(
                 amount_credits=amount_credits,
                 reason=reason,
                 idempotency_key=key,
+                promotional_credit=promotional_credit,
                 memo=memo,
                 created_by=created_by if created_by and created_by.is_authenticated else None,
-                created_at=timezone.now(),
+                created_at=now or timezone.now(),
             )
     except DataError as exc:
         # The ledger trigger adds the amount to the bigint balance: past its range PostgreSQL refuses.
@@ -112,11 +129,13 @@ def grant_credits(
         existing = CreditLedgerEntry.objects.filter(idempotency_key=key).first()
         if existing is None:
             raise
-        return _replayed(existing, account=account, amount_credits=amount_credits, reason=reason)
+        return replayed_grant(existing, account=account, amount_credits=amount_credits, reason=reason)
     return GrantResult(entry=entry, created=True)
 
 
-def _replayed(existing: CreditLedgerEntry, *, account: BillingAccount, amount_credits: int, reason: str) -> GrantResult:
+def replayed_grant(
+    existing: CreditLedgerEntry, *, account: BillingAccount, amount_credits: int, reason: str
+) -> GrantResult:
     if not _same_grant(existing, account=account, amount_credits=amount_credits, reason=reason):
         raise IdempotencyConflict(
             f"idempotency_key {existing.idempotency_key!r} was already used for "

@@ -1,0 +1,2 @@
+DROP TRIGGER ledger_balance_events ON accounts_creditledgerentry;
+DROP FUNCTION billing_balance_events();

@@ -108,14 +108,15 @@ class PromotionalCredit(models.Model):
 
     class Meta:
         ordering = ["priority", "expires_at", "id"]
+        # The burn order of an account's lots, and the expiry sweep's due lots. Neither names remaining_credits,
+        # so burning a lot (an UPDATE of that column per usage debit) stays a HOT update: no index churn.
         indexes = [
-            # The burn order of an account's unused lots, and the expiry sweep's due lots.
             models.Index(
                 fields=["account", "priority", "expires_at", "id"],
-                condition=Q(remaining_credits__gt=0),
+                condition=Q(expired_at__isnull=True),
                 name="promotion_burn_order",
             ),
-            models.Index(fields=["expires_at"], condition=Q(remaining_credits__gt=0), name="promotion_due"),
+            models.Index(fields=["expires_at"], condition=Q(expired_at__isnull=True), name="promotion_due"),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(granted_credits__gt=0), name="promotion_granted_positive"),

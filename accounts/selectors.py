@@ -51,6 +51,6 @@ def account_for_user_or_404(*, user: AbstractBaseUser, public_id: str | UUID | N
 
 def open_promotions(*, account: BillingAccount) -> QuerySet[PromotionalCredit]:
     """The account's promotional grants with credit left, in the order usage burns them (none expired)."""
-    return PromotionalCredit.objects.filter(account=account, remaining_credits__gt=0).order_by(
+    return PromotionalCredit.objects.filter(account=account, expired_at=None, remaining_credits__gt=0).order_by(
         "priority", "expires_at", "id"
     )

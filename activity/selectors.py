@@ -14,6 +14,7 @@ from django.db.models.functions import Coalesce
 
 from accounts.models import BillingAccount
 from invoices.selectors import api_key_label
+from payers.models import KEY_HASH_SHOWN_CHARS
 from receipts.facts import fact_from_json, is_fact_json
 from receipts.models import ChargeReceipt, DeferredUsage
 
@@ -106,54 +107,40 @@ def _after(cursor: Cursor | None, kind: str, time_sql: str, id_sql: str) -> Q | 
     return RawSQL(f"{time_sql} {operator} %s", [cursor.called_at], output_field=BooleanField())  # noqa: S611
 
 
+def _filtered(query: QuerySet, filters: ActivityFilters, *, time: str, model: str, alias: str) -> QuerySet:
+    """The filters, on receipts and on open deferrals alike (their fields named by the caller)."""
+    if filters.since:
+        query = query.filter(**{f"{time}__gte": filters.since})
+    if filters.until:
+        query = query.filter(**{f"{time}__lt": filters.until})
+    if filters.model:
+        query = query.filter(**{model: filters.model})
+    if filters.end_user:
+        query = query.filter(end_user=filters.end_user)
+    if filters.key:
+        # The key as pages show it (invoices.selectors.api_key_label): its alias, else its shortened hash.
+        prefix = filters.key.removesuffix("…")
+        by_hash = Q(api_key_hash__startswith=prefix) if len(prefix) >= KEY_HASH_SHOWN_CHARS else Q(api_key_hash=prefix)
+        query = query.filter(Q(**{alias: filters.key}) | (Q(**{alias: ""}) & by_hash))
+    return query
+
+
 def _receipts(filters: ActivityFilters, cursor: Cursor | None) -> QuerySet[ChargeReceipt]:
     query = ChargeReceipt.objects.filter(account=filters.account).annotate(
         call_time=Coalesce("started_at", "created_at")
     )
-    if filters.since:
-        query = query.filter(call_time__gte=filters.since)
-    if filters.until:
-        query = query.filter(call_time__lt=filters.until)
-    if filters.model:
-        query = query.filter(model_group=filters.model)
-    if filters.end_user:
-        query = query.filter(end_user=filters.end_user)
-    if filters.key:
-        query = query.filter(_key_filter(filters.key))
+    query = _filtered(query, filters, time="call_time", model="model_group", alias="api_key_alias")
     table = ChargeReceipt._meta.db_table
     after = _after(cursor, BILLED, f"COALESCE({table}.started_at, {table}.created_at)", f"{table}.id")
     return query.filter(after).order_by(F("call_time").desc(), "-id")
 
 
-def _key_filter(label: str) -> Q:
-    """The key as pages show it: its alias, or its shortened hash (the first 12 characters and "…")."""
-    prefix = label.removesuffix("…")
-    by_hash = Q(api_key_hash__startswith=prefix) if len(prefix) >= 12 else Q(api_key_hash=prefix)
-    return Q(api_key_alias=label) | (Q(api_key_alias="") & by_hash)
-
-
 def _waiting(filters: ActivityFilters, cursor: Cursor | None) -> QuerySet[DeferredUsage]:
     query = DeferredUsage.objects.open().filter(account=filters.account, called_at__isnull=False)
-    if filters.since:
-        query = query.filter(called_at__gte=filters.since)
-    if filters.until:
-        query = query.filter(called_at__lt=filters.until)
-    if filters.model:
-        query = query.filter(fact__model_group=filters.model)
-    if filters.end_user:
-        query = query.filter(end_user=filters.end_user)
-    if filters.key:
-        query = query.filter(Q(fact__api_key_alias=filters.key) | _waiting_key(filters.key))
+    query = _filtered(query, filters, time="called_at", model="fact__model_group", alias="fact__api_key_alias")
     table = DeferredUsage._meta.db_table
     return query.filter(_after(cursor, WAITING, f"{table}.called_at", f"{table}.id")).order_by(
         F("called_at").desc(), "-id"
-    )
-
-
-def _waiting_key(label: str) -> Q:
-    prefix = label.removesuffix("…")
-    return Q(fact__api_key_alias="") & (
-        Q(api_key_hash__startswith=prefix) if len(prefix) >= 12 else Q(api_key_hash=prefix)
     )
 
 

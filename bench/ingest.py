@@ -567,6 +567,9 @@ def main(argv: list[str] | None = None) -> int:
             "DATABASE_URL": database_url,
             "SECRET_KEY": secrets.token_urlsafe(64),
             "BILLING_INGEST_TOKEN": token,
+            # /healthz and /metrics take the metrics token (tests/tokens.py reads it); the service falls back to
+            # the ingest token when it is unset, so the same value serves both.
+            "BILLING_METRICS_TOKEN": token,
             "DEBUG": "false",
             "ALLOWED_HOSTS": "127.0.0.1,localhost,testserver",
             "CELERY_BROKER_URL": "",
@@ -704,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
             f"p50 {percentile(floor.latencies_ms, 50):.1f} ms: the HTTP floor of a one-record POST",
             flush=True,
         )
+        for error in sorted(set(floor.errors))[:3]:
+            print(f"bench: GET /healthz failed: {error}", flush=True)
         service.stop()
         service = None
         for p in phases.values():

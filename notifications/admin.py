@@ -16,6 +16,8 @@ from notifications.models import BalanceAlert, BillingEvent, EventType, WebhookD
 from notifications.services import (
     balance_alert_create,
     replay_delivery,
+    validate_endpoint_url,
+    validate_threshold,
     webhook_endpoint_create,
     webhook_endpoint_delete,
 )
@@ -27,6 +29,24 @@ class WebhookEndpointForm(forms.ModelForm):
     class Meta:
         model = WebhookEndpoint
         fields = ["account", "url", "events"]
+
+    def clean_url(self) -> str:
+        try:
+            return validate_endpoint_url(self.cleaned_data["url"])
+        except InvalidNotificationSetting as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+
+class BalanceAlertForm(forms.ModelForm):
+    class Meta:
+        model = BalanceAlert
+        fields = ["account", "threshold_credits"]
+
+    def clean_threshold_credits(self) -> int:
+        try:
+            return validate_threshold(self.cleaned_data["threshold_credits"])
+        except InvalidNotificationSetting as exc:
+            raise forms.ValidationError(str(exc)) from exc
 
 
 @admin.register(WebhookEndpoint)
@@ -67,7 +87,7 @@ class BalanceAlertAdmin(admin.ModelAdmin):
     list_display = ["account", "threshold_credits", "created_at"]
     list_filter = [AccountFilter]
     list_select_related = ["account"]
-    fields = ["account", "threshold_credits"]
+    form = BalanceAlertForm
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return obj is None and super().has_change_permission(request, obj)

@@ -13,9 +13,13 @@ from accounts.models import BillingAccount
 BINDING_VALUE_MAX_LENGTH = 255
 
 
+# A key hash as pages show it: this many characters and "…" (a hash of at most 16 is shown whole).
+KEY_HASH_SHOWN_CHARS = 12
+
+
 def shortened_key_hash(key_hash: str) -> str:
     """A key hash as pages and the admin show it: its first 12 characters, never the whole hash."""
-    return f"{key_hash[:12]}…" if len(key_hash) > 16 else key_hash
+    return f"{key_hash[:KEY_HASH_SHOWN_CHARS]}…" if len(key_hash) > KEY_HASH_SHOWN_CHARS + 4 else key_hash
 
 
 class PayerSource(models.TextChoices):

@@ -168,7 +168,7 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="promotionalcredit",
             index=models.Index(
-                condition=models.Q(("remaining_credits__gt", 0)),
+                condition=models.Q(("expired_at__isnull", True)),
                 fields=["account", "priority", "expires_at", "id"],
                 name="promotion_burn_order",
             ),
@@ -176,7 +176,7 @@ class Migration(migrations.Migration):
         migrations.AddIndex(
             model_name="promotionalcredit",
             index=models.Index(
-                condition=models.Q(("remaining_credits__gt", 0)), fields=["expires_at"], name="promotion_due"
+                condition=models.Q(("expired_at__isnull", True)), fields=["expires_at"], name="promotion_due"
             ),
         ),
         migrations.AddConstraint(

@@ -101,7 +101,11 @@ def notify_expiring_promotions(*, now: datetime | None = None) -> int:
     """Send promotional_credit_expiring once for each unused lot expiring within EXPIRING_NOTICE."""
     now = now or timezone.now()
     due = PromotionalCredit.objects.filter(
-        remaining_credits__gt=0, expires_at__gt=now, expires_at__lte=now + EXPIRING_NOTICE, expiring_notice_at=None
+        expired_at=None,
+        remaining_credits__gt=0,
+        expires_at__gt=now,
+        expires_at__lte=now + EXPIRING_NOTICE,
+        expiring_notice_at=None,
     ).values_list("pk", flat=True)
     sent = 0
     for pk in list(due[:1000]):
@@ -122,7 +126,9 @@ def expire_promotional_credits(*, now: datetime | None = None) -> int:
     remainder) see to it, and the account's row lock orders it against usage burning the same lot.
     """
     now = now or timezone.now()
-    due = PromotionalCredit.objects.filter(remaining_credits__gt=0, expires_at__lte=now).values_list("pk", "account_id")
+    due = PromotionalCredit.objects.filter(expired_at=None, remaining_credits__gt=0, expires_at__lte=now).values_list(
+        "pk", "account_id"
+    )
     expired = 0
     for pk, account_id in list(due.order_by("expires_at", "pk")[:1000]):
         with transaction.atomic():

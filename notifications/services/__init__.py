@@ -14,6 +14,7 @@ from notifications.services.settings import (
     balance_alert_delete,
     endpoint_address_problem,
     validate_endpoint_url,
+    validate_threshold,
     webhook_endpoint_create,
     webhook_endpoint_delete,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "retry_delay",
     "send_delivery",
     "validate_endpoint_url",
+    "validate_threshold",
     "webhook_body",
     "webhook_endpoint_create",
     "webhook_endpoint_delete",

@@ -154,3 +154,10 @@ def test_keyset_pages_neither_skip_nor_repeat_calls_of_one_instant(owner_client:
         if (cursor := body["next"]) is None:
             break
     assert len(seen) == len(set(seen)) == 8
+
+
+def test_the_key_filter_takes_the_label_the_rows_show(owner_client: Client) -> None:
+    _bill([_record(n) for n in range(3)])
+    label = owner_client.get(API).json()["results"][0]["key"]
+    assert len(owner_client.get(API, {"key": label}).json()["results"]) == 3
+    assert owner_client.get(API, {"key": "no-such-key"}).json()["results"] == []

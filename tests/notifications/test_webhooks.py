@@ -7,12 +7,17 @@ from decimal import Decimal
 
 import pytest
 from django.core import mail
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
 from accounts.models import BillingAccount
-from accounts.services import grant_credits
+from accounts.services import (
+    expire_promotional_credits,
+    grant_credits,
+    grant_promotional_credits,
+    notify_expiring_promotions,
+)
 from integrations.litellm.records import parse_usage_record
 from notifications.models import BillingEvent, DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from notifications.services import (
@@ -23,6 +28,8 @@ from notifications.services import (
     webhook_endpoint_create,
     webhook_endpoint_delete,
 )
+from payments.models import AttemptStatus, PaymentAttempt
+from payments.services.attempts import transition
 from receipts.services import commit_usage_facts
 from tests.factories import BillingAccountFactory, EndUserAliasFactory, litellm_record
 from tests.notifications.receiver import webhook_receiver
@@ -52,7 +59,8 @@ def test_crossing_a_threshold_sends_exactly_one_signed_balance_low(payer: Billin
     with webhook_receiver() as receiver:
         endpoint = webhook_endpoint_create(account=payer, url=receiver.url, events=["balance.low"])
         _bill(300)  # 700: above the threshold
-        _bill(250, 100)  # 450 then 350: crossed once
+        _bill(250)  # 450: crossed
+        _bill(100)  # 350: still below
         _bill(50)  # 300: still below, no repeat
         assert _events(payer) == [("balance.low", 500)]
         assert dispatch_billing_events() == 1
@@ -170,3 +178,21 @@ def test_deleted_endpoints_get_nothing(payer: BillingAccount) -> None:
         assert deliver_due_webhooks() == 0
     assert receiver.received == []
     assert WebhookEndpoint.objects.get().deleted_at is not None
+
+
+def test_promotions_and_payments_write_their_events_in_their_own_transaction(payer: BillingAccount) -> None:
+    now = timezone.now()
+    grant_promotional_credits(account=payer, amount_credits=50, expires_at=now + timedelta(days=3), now=now)
+    notify_expiring_promotions(now=now)
+    expire_promotional_credits(now=now + timedelta(days=3, seconds=1))
+    attempt = PaymentAttempt.objects.create(
+        account=payer, provider="stripe", amount_usd=Decimal("20.00"), credits=20_000_000, credits_per_usd=1_000_000
+    )
+    with transaction.atomic():
+        locked = PaymentAttempt.objects.select_for_update().get(pk=attempt.pk)
+        transition(locked, AttemptStatus.PENDING)
+        transition(locked, AttemptStatus.FAILED)
+    types = list(BillingEvent.objects.filter(account=payer).order_by("id").values_list("type", flat=True))
+    assert types == ["credits.expiring", "credits.expired", "payment.failed"]
+    expired = BillingEvent.objects.get(type="credits.expired")
+    assert expired.data["expired_credits"] == 50 and expired.ledger_entry.reason == "expiry"

@@ -80,10 +80,10 @@ DECLARE
     taken bigint;
 BEGIN
     FOR lot IN
+        -- No FOR UPDATE: every change of a lot happens under its account's row lock, which the caller holds.
         SELECT id, remaining_credits FROM accounts_promotionalcredit
-         WHERE account_id = account AND remaining_credits > 0 AND expires_at > at
+         WHERE account_id = account AND expired_at IS NULL AND remaining_credits > 0 AND expires_at > at
          ORDER BY priority, expires_at, id
-           FOR UPDATE
     LOOP
         taken := LEAST(still_owed, lot.remaining_credits);
         UPDATE accounts_promotionalcredit SET remaining_credits = remaining_credits - taken WHERE id = lot.id;

@@ -1,6 +1,6 @@
 """Promotional credit: used before paid credit (priority, then soonest expiry), expires once, balance = Σ ledger."""
 
-from datetime import UTC, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -16,7 +16,7 @@ from accounts.services import (
     notify_expiring_promotions,
 )
 from integrations.litellm.records import parse_usage_record
-from invoices.selectors import Period, invoice_for_account
+from invoices.selectors import current_period, invoice_for_account
 from receipts.facts import UsageFact
 from receipts.services import commit_usage_facts
 from tests.accounts.test_ledger import assert_books_balance
@@ -182,7 +182,6 @@ def test_the_invoice_shows_expired_promotional_credit_as_its_own_line(payer: Bil
     _bill("promo-user", "0.000020")
     assert expire_promotional_credits(now=now + timedelta(seconds=2)) == 1
     expiry = CreditLedgerEntry.objects.get(account=payer, reason=CreditLedgerEntry.Reason.EXPIRY)
-    booked = expiry.created_at.astimezone(UTC)
-    invoice = invoice_for_account(account=payer, period=Period(booked.year, booked.month))
+    invoice = invoice_for_account(account=payer, period=current_period(now=expiry.created_at))
     lines = {line.reason: (line.entries, line.credits) for line in invoice.added_by_reason}
     assert lines[CreditLedgerEntry.Reason.EXPIRY] == (1, -30)

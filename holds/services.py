@@ -3,10 +3,11 @@
 authorize_call() decides under the paying account's row lock (SELECT … FOR UPDATE on BillingAccount)
 against available = balance − open holds, so concurrent authorizations are serialized per account and can
 never together reserve more than the balance. The open holds' total is kept on the row (held_credits, moved
-by the holds' trigger, migration 0006): the decision is O(1) in the calls in flight, after taking off only
-this account's holds past their expiry. Every path that changes a hold's open amount locks the account
-first, then the hold (the ledger does the same), so none deadlocks with another. Holds are not ledger money:
-they never move the balance.
+by the holds' trigger, accounts migration 0006): the decision is O(1) in the calls in flight, after taking
+off only this account's holds past their expiry. A new call's decision is one SQL statement
+(billing_authorize_hold(), holds migration 0002): lock, expiry, check and hold in one round trip. Every
+path that changes a hold's open amount locks the account first, then the hold (the ledger does the same),
+so none deadlocks with another. Holds are not ledger money: they never move the balance.
 The call's receipt settles its hold in the same transaction (settle_holds(), called by
 receipts.services.billing.commit_usage_facts, the one writer of charges), however far the charge exceeds
 the hold; a hold whose call never reports expires (expire_holds(), run by the sweep).
@@ -21,7 +22,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from accounts.models import BillingAccount
@@ -94,22 +95,6 @@ def _validate_estimate(estimated_cost_usd: Decimal) -> int:
     if not fits_bigint(required):
         raise InvalidAuthorization("estimated_cost_usd is beyond any balance", field="estimated_cost_usd")
     return required
-
-
-def _expire_overdue(account_id: int, now: datetime) -> int:
-    """Under the account's row lock: its holds past expiry stop counting now (the sweep may not have run).
-    An index range over that account's overdue holds (usually none): the trigger takes them off
-    held_credits. Returns the credits they held."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {CreditHold._meta.db_table} SET status = %s, closed_at = %s "
-            "WHERE account_id = %s AND status = %s AND expires_at <= %s RETURNING held_credits",
-            [Status.EXPIRED, now, account_id, Status.HELD, now],
-        )
-        freed = [row[0] for row in cursor.fetchall()]
-    if freed:
-        transaction.on_commit(lambda: metrics.holds_expired_total.inc(len(freed)))
-    return sum(freed)
 
 
 def _replay(
@@ -215,16 +200,6 @@ def _remaining_ms(deadline: float | None) -> int | None:
     return remaining_ms
 
 
-def _bound_lock_wait(deadline: float | None) -> None:
-    """Wait for the account's lock no longer than the caller waits for the answer (a transaction-local
-    lock_timeout: no session state, so PgBouncer's transaction pooling keeps it)."""
-    remaining_ms = _remaining_ms(deadline)
-    if remaining_ms is not None:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{remaining_ms}ms"])
-
-
-@transaction.atomic
 def _decide(
     *,
     litellm_call_id: str,
@@ -237,39 +212,53 @@ def _decide(
 ) -> AuthorizeDecision:
     """Hold `required` credits of the payer's account if they are available, under its row lock.
 
-    Raises IntegrityError when the call id was held since _authorize() looked (a retry racing its original,
-    or the same call for another account after a binding changed): the transaction is then rolled back
-    whole, and _authorize() answers with that hold. Relying on the unique index instead of a second look
-    and a savepoint saves three round trips on every new call (bench/authorize.py).
+    One statement, billing_authorize_hold() (holds/migrations/sql/0002_authorize_function.sql): it locks the
+    account row (waiting no longer than the caller does), expires that account's overdue holds, decides
+    against available = balance − held_credits (O(1): the open total is kept on the row by the holds'
+    trigger) and inserts the hold. Outside a transaction it is its own: one round trip, no BEGIN or COMMIT
+    of ours. A call id that already has a hold (a retry, or a retry racing its original) is replayed.
     """
-    # The account's row lock serializes every authorization (and every charge: the ledger trigger
-    # updates the same row) of this account; what is read below cannot change until we commit.
-    _bound_lock_wait(deadline)
     try:
-        balance, held = (
-            BillingAccount.objects.select_for_update()
-            .values_list("balance_credits", "held_credits")
-            .get(pk=payer.account_id)
-        )
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT outcome, available, hold_pk, hold_id, expires_at, expired_holds "
+                "FROM billing_authorize_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    payer.account_id,
+                    litellm_call_id,
+                    required,
+                    estimated_cost_usd,
+                    model,
+                    payer.source,
+                    now,
+                    settings.BILLING_HOLD_TTL_SECONDS,
+                    _remaining_ms(deadline),
+                ],
+            )
+            outcome, available, hold_pk, hold_id, expires_at, expired_holds = cursor.fetchone()
     except OperationalError as exc:
         if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
             raise AuthorizeTooLate("the account stayed busy past the caller's deadline; nothing was held") from exc
         raise
-    # A decision the caller will no longer hear must not hold credits it never learns about.
-    _remaining_ms(deadline)
-    # available = balance − open holds, O(1): the total is kept on the row by the holds' trigger; only this
-    # account's holds past their expiry are taken off first.
-    available = balance - (held - _expire_overdue(payer.account_id, now))
-    if required > available:
-        # A retry that waited for the lock while its original took the hold sees that hold in the sum:
-        # it gets the original's answer, not a refusal.
-        existing = CreditHold.objects.filter(litellm_call_id=litellm_call_id).first()
-        if existing is not None:
-            return _replay(existing, payer=payer, estimated_cost_usd=estimated_cost_usd, now=now)
+    if expired_holds:
+        transaction.on_commit(lambda: metrics.holds_expired_total.inc(expired_holds))
+    if outcome == "too_late":
+        # A decision the caller will no longer hear must not hold credits it never learns about.
+        raise AuthorizeTooLate("the account stayed busy past the caller's deadline; nothing was held")
+    if outcome == "exists":
+        return _replay(
+            CreditHold.objects.get(litellm_call_id=litellm_call_id),
+            payer=payer,
+            estimated_cost_usd=estimated_cost_usd,
+            now=now,
+        )
+    if outcome == "refused":
         return AuthorizeDecision(
             allowed=False, required_credits=required, available_credits=available, reason=INSUFFICIENT_CREDITS
         )
-    hold = CreditHold.objects.create(
+    hold = CreditHold(
+        id=hold_pk,
+        hold_id=hold_id,
         account_id=payer.account_id,
         litellm_call_id=litellm_call_id,
         model=model,
@@ -277,10 +266,11 @@ def _decide(
         estimated_cost_usd=estimated_cost_usd,
         held_credits=required,
         status=Status.HELD,
-        expires_at=now + timedelta(seconds=settings.BILLING_HOLD_TTL_SECONDS),
+        expires_at=expires_at,
         created_at=now,
     )
-    return AuthorizeDecision(allowed=True, required_credits=required, available_credits=available - required, hold=hold)
+    hold._state.adding = False  # the row exists: billing_authorize_hold() inserted it
+    return AuthorizeDecision(allowed=True, required_credits=required, available_credits=available, hold=hold)
 
 
 def authorize_call(
@@ -366,11 +356,11 @@ def _authorize(
             allowed=False, required_credits=required, available_credits=None, reason=UNPRICED_MODEL, model=model
         )
     payer = resolve_payer(**payer_query)
-    # A replay needs no lock: a hold, once taken, keeps its estimate and its account.
-    existing = CreditHold.objects.filter(litellm_call_id=litellm_call_id).first()
-    if existing is not None:
-        return _replay(existing, payer=payer, estimated_cost_usd=estimated_cost_usd, now=now)
     if payer is None:
+        # A call id used before is refused even for an unknown payer (_replay); else the unknown-payer rule.
+        existing = CreditHold.objects.filter(litellm_call_id=litellm_call_id).first()
+        if existing is not None:
+            return _replay(existing, payer=payer, estimated_cost_usd=estimated_cost_usd, now=now)
         allow = settings.BILLING_AUTHORIZE_UNKNOWN_PAYER == "allow"
         return AuthorizeDecision(
             allowed=allow, required_credits=required, available_credits=None, reason="" if allow else UNKNOWN_PAYER
@@ -381,22 +371,15 @@ def _authorize(
                 estimated_cost_usd, sizing, account_id=payer.account_id, key_hash=payer_query["key_hash"], model=model
             )
         )
-    try:
-        return _decide(
-            litellm_call_id=litellm_call_id,
-            estimated_cost_usd=estimated_cost_usd,
-            required=required,
-            payer=payer,
-            model=model,
-            now=now,
-            deadline=deadline,
-        )
-    except IntegrityError:
-        # Held by a concurrent authorize of the same call since we looked: answer with its hold.
-        existing = CreditHold.objects.filter(litellm_call_id=litellm_call_id).first()
-        if existing is None:
-            raise
-        return _replay(existing, payer=payer, estimated_cost_usd=estimated_cost_usd, now=now)
+    return _decide(
+        litellm_call_id=litellm_call_id,
+        estimated_cost_usd=estimated_cost_usd,
+        required=required,
+        payer=payer,
+        model=model,
+        now=now,
+        deadline=deadline,
+    )
 
 
 @transaction.atomic

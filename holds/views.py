@@ -29,6 +29,7 @@ from billing_project.api import (
 from billing_project.exactjson import loads_exact
 from billing_project.text_rules import CALL_ID_MAX_LENGTH
 from holds.exceptions import AuthorizeTooLate, CallIdReused, HoldConflict, InvalidAuthorization
+from holds.models import CreditHold
 from holds.services import AuthorizeDecision, OutputSizing, authorize_call, release_hold, renew_hold
 
 # Longer than any binding value (255): a longer end user simply matches no binding.
@@ -77,14 +78,14 @@ class TextField(serializers.CharField):
         return super().to_internal_value(data)
 
 
-def _optional_text(help_text: str) -> serializers.CharField:
+def _optional_text(help_text: str, *, max_length: int = _TEXT_MAX) -> serializers.CharField:
     return TextField(
         required=False,
         allow_null=True,
         allow_blank=True,
         default="",
         trim_whitespace=False,
-        max_length=_TEXT_MAX,
+        max_length=max_length,
         help_text=help_text,
     )
 
@@ -111,7 +112,10 @@ class AuthorizeApi(APIView):
         team_id = _optional_text("The team of the caller's key.")
         end_user = _optional_text("The caller's end user, as the plugin reads it (litellm_billing_plugin.end_user).")
         run_id = _optional_text("The run the caller named in its spend-log metadata, when it named one.")
-        model = _optional_text("The model group the caller named (shown to staff).")
+        model = _optional_text(
+            "The model group the caller named (shown to staff).",
+            max_length=CreditHold._meta.get_field("model").max_length,
+        )
         estimated_cost_usd = UsdAmountField(help_text="The call's worst-case cost in USD: decimal text or number.")
         priced = serializers.BooleanField(
             required=False,

@@ -231,6 +231,8 @@ def test_same_call_another_estimate_is_409(internal_client: APIClient, key: ApiK
         ({"litellm_call_id": "bad\x00id"}, "litellm_call_id"),
         ({"key_hash": {"a": 1}}, "key_hash"),
         ({"end_user": "x" * 5000}, "end_user"),
+        # Longer than the hold keeps (255): a 400 naming it, not a database error.
+        ({"model": "m" * 256}, "model"),
     ],
 )
 def test_malformed_bodies_are_400_naming_the_field(

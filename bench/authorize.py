@@ -217,8 +217,17 @@ class RawConnection:
         return cls(reader, writer, ("\r\n".join(lines) + "\r\n").encode())
 
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        return await self.request(b"POST", path, body)
+
+    async def request(self, method: bytes, path: str, body: bytes = b"") -> tuple[int, bytes]:
         self.writer.write(
-            b"POST " + path.encode() + b" HTTP/1.1\r\n" + self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+            method
+            + b" "
+            + path.encode()
+            + b" HTTP/1.1\r\n"
+            + self.head
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body
         )
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
@@ -316,10 +325,18 @@ async def open_loop(base_url: str, token: str, phase: Phase, body_of: Callable[[
 
 
 async def closed_loop(
-    base_url: str, token: str, *, clients: int, seconds: float, body_of: Callable[[int], bytes]
+    base_url: str,
+    token: str,
+    *,
+    clients: int,
+    seconds: float,
+    body_of: Callable[[int], bytes],
+    method: bytes = b"POST",
+    path: str = AUTHORIZE_PATH,
 ) -> tuple[float, list[float], Counter[str]]:
     """As fast as `clients` kept-alive connections go, each sending its next request on the last answer:
-    the throughput figure compared with the raw-SQL ceiling (pgbench is closed-loop too)."""
+    the throughput figure compared with the raw-SQL ceiling (pgbench is closed-loop too). With
+    method=b"GET" and path="/healthz", the floor: what gunicorn + Django + one SELECT 1 allow."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
@@ -333,7 +350,7 @@ async def closed_loop(
             while loop.time() < deadline:
                 body = body_of(next(counter))
                 sent = loop.time()
-                status, _ = await connection.post(AUTHORIZE_PATH, body)
+                status, _ = await connection.request(method, path, body)
                 latencies.append((loop.time() - sent) * 1000)
                 statuses[str(status)] += 1
         finally:
@@ -805,6 +822,18 @@ def run(args: argparse.Namespace, url: str) -> int:
                 )
             ),
         }
+        # The floor any authorize pays before its own work: gunicorn, Django's middleware, one SELECT 1.
+        floor_rate, floor_latencies, floor_statuses = asyncio.run(
+            closed_loop(
+                service.base_url,
+                token,
+                clients=8,
+                seconds=args.seconds,
+                body_of=lambda i: b"",
+                method=b"GET",
+                path="/healthz",
+            )
+        )
         if not args.skip_plugin:
             plugin = measure_plugin(args, service.base_url, token, seeded.plugin_key)
             # The two halves of what the plugin adds: one authorize over HTTP, and the estimate before it.
@@ -818,15 +847,25 @@ def run(args: argparse.Namespace, url: str) -> int:
 
     ceiling = ceiling_authorize(url, clients=4, seconds=args.seconds)
     print("\n=== authorize throughput vs the raw-SQL ceiling (same server, same run) ===")
-    print("| load | the service (8 kept-alive clients) | p99 ms | answers | ceiling (pgbench, 4 clients) | ratio |")
-    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    print(
+        "| load | the service (8 kept-alive clients) | p99 ms | answers | ceiling (pgbench, 4 clients) | ratio "
+        "| of the floor |"
+    )
+    print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
     for (name, (rate, latencies, statuses)), key in zip(throughput.items(), ("many", "hot"), strict=True):
         top = ceiling.get(key)
         ratio = f"{rate / top:.2f}x" if top else "n/a"
         print(
             f"| {name} | {rate:,.0f}/s | {percentile(latencies, 99):.1f} | {dict(statuses)} | "
-            f"{top or float('nan'):,.0f}/s | {ratio} |"
+            f"{top or float('nan'):,.0f}/s | {ratio} | {rate / floor_rate:.2f} |"
         )
+    print(
+        f"| floor: GET /healthz (gunicorn + middleware + SELECT 1) | {floor_rate:,.0f}/s | "
+        f"{percentile(floor_latencies, 99):.1f} | {dict(floor_statuses)} | | "
+        f"{floor_rate / ceiling['many']:.2f}x | 1.00 |"
+        if ceiling.get("many")
+        else f"| floor: GET /healthz | {floor_rate:,.0f}/s | | | | | 1.00 |"
+    )
 
     print(f"\nprofile: {args.profile_requests} authorizes in process (Django test client, no HTTP)", flush=True)
     parts, counts, total_ms = profile(args.profile_requests, token, seeded.keys, cprofile=args.cprofile)

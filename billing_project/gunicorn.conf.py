@@ -16,6 +16,9 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "3"))
 worker_class = "gthread"
 threads = int(os.environ.get("WEB_THREADS", "8"))
 timeout = 60
+# Idle kept-alive connections stay open longer than any client keeps them pooled (httpx, the plugin's client:
+# 5 s): a server that closes first can close a connection just as the plugin sends an authorize on it.
+keepalive = int(os.environ.get("WEB_KEEPALIVE", "65"))
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
 # Ingest bodies of 512 LiteLLM records are several MB: no request line/field limits touch the body.
 limit_request_field_size = 16380

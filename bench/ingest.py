@@ -355,7 +355,7 @@ def profile_one_post(templates: list[list[bytes]], *, size: int, batches: int) -
         patched(ingest, "_compress", timer("delivery: zstd compress")),
         patched(ingest, "split_delivery", timer("split the body into records")),
         patched(ingest, "judge_usage_record", timer(f"judge/decode {size} record(s) (msgspec)")),
-        patched(billing, "_payers", timer("payer resolution (resolve_payers)")),
+        patched(billing, "payers_of", timer("payer resolution (resolve_payers)")),
         patched(billing, "_insert_receipts", timer("receipt INSERT (incl. encoding its JSON rows)")),
         patched(billing, "current_charge_rate", timer("charge rate lookup")),
         patched(connection, "commit", timer("COMMIT (the delivery's transaction)")),

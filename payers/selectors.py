@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import connection
 
 from payers.models import ApiKeyBinding, EndUserAlias, PayerSource, RunBinding, TeamBinding
 
@@ -57,42 +58,55 @@ def resolve_payers(*, queries: Sequence[PayerQuery]) -> list[PayerDecision | Non
        (metadata run_id, else the run of an end user "{run_id}/{attempt}"),
        then the end user's alias.
     A caller can name any run or end user it likes, so those never decide the payer
-    of a record from an ordinary key. At most four queries per batch, whatever its size.
+    of a record from an ordinary key. One query per batch, whatever its size (_bindings); runs and
+    end users are looked up for every query but decide only where trusted (_decide).
     """
-    key_hashes = {q.key_hash for q in queries if q.key_hash}
-    keys = (
-        {
-            h: (a, g)
-            for h, a, g in ApiKeyBinding.objects.filter(key_hash__in=key_hashes).values_list(
-                "key_hash", "account_id", "is_gateway"
-            )
-        }
-        if key_hashes
-        else {}
+    found = _bindings(
+        key_hashes={q.key_hash for q in queries if q.key_hash},
+        team_ids={q.team_id for q in queries if q.team_id},
+        run_ids={r for q in queries for r in _run_candidates(q)},
+        end_users={q.end_user for q in queries if q.end_user},
     )
-    team_ids = {q.team_id for q in queries if q.team_id}
-    teams = (
-        dict(TeamBinding.objects.filter(team_id__in=team_ids).values_list("team_id", "account_id")) if team_ids else {}
-    )
+    keys = {value: (account_id, is_gateway) for kind, value, account_id, is_gateway in found if kind == "key"}
+    teams = {value: account_id for kind, value, account_id, _ in found if kind == "team"}
+    runs = {value: account_id for kind, value, account_id, _ in found if kind == "run"}
+    aliases = {value: account_id for kind, value, account_id, _ in found if kind == "end_user"}
     trust_all = bool(settings.BILLING_TRUST_END_USER)
 
     def trusted(q: PayerQuery) -> bool:
         return trust_all or keys.get(q.key_hash, (0, False))[1]
 
-    open_queries = [q for q in queries if not (q.key_hash in keys and not keys[q.key_hash][1]) and trusted(q)]
-    run_ids = {r for q in open_queries for r in _run_candidates(q)}
-    runs = dict(RunBinding.objects.filter(run_id__in=run_ids).values_list("run_id", "account_id")) if run_ids else {}
-    end_users = {q.end_user for q in open_queries if q.end_user}
-    aliases = (
-        dict(EndUserAlias.objects.filter(end_user__in=end_users).values_list("end_user", "account_id"))
-        if end_users
-        else {}
-    )
-
     decisions: list[PayerDecision | None] = []
     for q in queries:
         decisions.append(_decide(q, keys=keys, teams=teams, runs=runs, aliases=aliases, trusted=trusted(q)))
     return decisions
+
+
+def _bindings(
+    *, key_hashes: set[str], team_ids: set[str], run_ids: set[str], end_users: set[str]
+) -> list[tuple[str, str, int, bool]]:
+    """(kind, value, account_id, is_gateway) of every binding of these values, in one round trip."""
+    parts: list[str] = []
+    params: list[list[str]] = []
+    for kind, model, column, values in (
+        ("key", ApiKeyBinding, "key_hash", key_hashes),
+        ("team", TeamBinding, "team_id", team_ids),
+        ("run", RunBinding, "run_id", run_ids),
+        ("end_user", EndUserAlias, "end_user", end_users),
+    ):
+        # PostgreSQL text cannot hold NUL, so no binding has one: such a value matches nothing (and is not sent).
+        values = {value for value in values if "\x00" not in value}
+        if values:
+            gateway = "is_gateway" if model is ApiKeyBinding else "false"
+            parts.append(
+                f"SELECT '{kind}', {column}, account_id, {gateway} FROM {model._meta.db_table} WHERE {column} = ANY(%s)"
+            )
+            params.append(sorted(values))
+    if not parts:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(parts), params)
+        return cursor.fetchall()
 
 
 def _decide(

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Authorize and the plugin (issue 11): authorize latency under open-loop load, and what the plugin adds.
 
-    .venv/bin/python bench/authorize.py                  # the full run, about 3 minutes on 2 cores
+    .venv/bin/python bench/authorize.py                  # the full run, about 6 minutes on 2 cores
     .venv/bin/python bench/authorize.py --seconds 3 --plugin-calls 60   # a quick look
     .venv/bin/python bench/authorize.py --skip-plugin    # authorize only (no LiteLLM proxy)
 
@@ -19,6 +19,10 @@ What it does (bench/README.md, "Authorize and the plugin (issue 11)", has the fi
    round-robin. Rates 50, 200 and 500 req/s, then 200 req/s with every request on ONE account (all of them
    serialize on its row lock). Prints achieved rate, p50/p90/p99/max, answers by status, how late the
    timer itself fired (counted in the latency) and the generator's own CPU (it shares the 2 cores).
+   Then closed loops, the throughput compared with ../shared/bench/ceiling_authorize.sql run by pgbench on
+   the same server (1,000 accounts and one hot account): 8 kept-alive connections as fast as they go over
+   50 accounts, then over one hot account; and the floor, GET /healthz the same way (gunicorn, Django's
+   middleware and one SELECT 1: what any request pays before its own work).
 4. The plugin: four real LiteLLM proxies (tests/litellm_proxy.py), the same config (a `mock_response`
    model, a custom_auth giving one key) except litellm_settings.callbacks: none; a no-op CustomLogger (what
    LiteLLM's callback machinery costs by itself); litellm_billing_plugin as shipped, pointed at the gunicorn
@@ -655,6 +659,8 @@ def measure_plugin(args: argparse.Namespace, service_url: str, token: str, plugi
 # --- where the time goes -------------------------------------------------------------------------
 
 SQL_KINDS: list[tuple[str, Callable[[str], bool]]] = [
+    # The decision and its transaction (lock, expiry, check, INSERT, COMMIT): one statement in autocommit.
+    ("decision: billing_authorize_hold() incl. its COMMIT", lambda s: "billing_authorize_hold" in s),
     ("payer resolve (bindings)", lambda s: any(t in s for t in ("binding", "enduseralias"))),
     ("account lock (SELECT ... FOR UPDATE)", lambda s: "for update" in s and "billingaccount" in s),
     ("open-hold sum", lambda s: "sum(" in s and "credithold" in s),

@@ -203,6 +203,22 @@ def run_ceiling(conninfo: str, *, clients: int, seconds: float) -> tuple[dict[st
             tps = ceiling_psycopg(conninfo, path, clients=clients, seconds=seconds)
         rates[name] = tps * per_txn
         print(f"bench: ceiling {script}: {rates[name]:,.0f} records/s", flush=True)
+    # The hot account (every service phase bills one account): ceiling_one.sql with its account fixed, so
+    # every charge takes the same row lock, as each of the service's does.
+    text = (directory / "ceiling_one.sql").read_text()
+    if "random(1, 1000)" in text:
+        with tempfile.NamedTemporaryFile("w", suffix="_one_account.sql", delete=False) as hot:
+            hot.write(text.replace("random(1, 1000)", "random(1, 1)"))
+        hot_path = Path(hot.name)
+        try:
+            if pgbench:
+                tps = ceiling_pgbench(pgbench, conninfo, hot_path, clients=clients, seconds=seconds)
+            else:
+                tps = ceiling_psycopg(conninfo, hot_path, clients=clients, seconds=seconds)
+        finally:
+            hot_path.unlink(missing_ok=True)
+        rates["one_hot"] = tps
+        print(f"bench: ceiling ceiling_one.sql on ONE account: {tps:,.0f} records/s", flush=True)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS c_ledger, c_receipt, c_account")
     return rates, (f"pgbench ({pgbench})" if pgbench else "psycopg driver (no pgbench found)")
@@ -478,6 +494,11 @@ def report(phases: dict[str, Phase], ceiling: dict[str, float], how: str) -> Non
         f"  batched (100/POST) >= {TARGETS['batch100']}x ceiling: {r100:.2f}x  {verdict(r100 >= TARGETS['batch100'])}"
     )
     print(f"  one record per POST >= {TARGETS['one']}x ceiling: {r1:.2f}x  {verdict(r1 >= TARGETS['one'])}")
+    if "one_hot" in ceiling:
+        print(
+            f"  (the hot account: ceiling_one.sql on one account gives {ceiling['one_hot']:,.0f} charges/s; "
+            f"the service's one-record phase, all on one account, is {phases['one'].rate / ceiling['one_hot']:.2f}x)"
+        )
     print(
         f"  512-batch p99 <= {TARGETS['p99_512_1']:.0f} ms, one sender: {p1:,.0f} ms  "
         f"{verdict(p1 <= TARGETS['p99_512_1'])}"

@@ -29,8 +29,9 @@ What it does (bench/README.md, "Authorize and the plugin (issue 11)", has the fi
    service above; and the plugin with its hook's estimate and authorize await timed inside the proxy.
    Sequential calls in rounds over the proxies (the order within each round shuffled) so that machine
    noise hits all alike: --plugin-warmup then --plugin-calls each; p50/p99 of each and the differences.
-   Then, outside the proxy: --plugin-calls sequential authorizes over one keep-alive connection, and the
-   plugin's estimate (estimate_request) alone in LiteLLM's interpreter.
+   Then, outside the proxy: --plugin-calls sequential authorizes over one keep-alive connection, the same
+   through the plugin's own client (BillingClient) in a plain asyncio loop, and the plugin's estimate
+   (estimate_request) alone in LiteLLM's interpreter.
 5. Where the time goes: --profile-requests authorizes in this process through Django's test client (the
    whole middleware + DRF stack, no HTTP), with connection.execute_wrapper timing every SQL statement by
    kind, the COMMIT timed around the connection's _commit, Django's per-request health check (SELECT 1)
@@ -447,6 +448,45 @@ def sequential(base_url: str, token: str, keys: list[str], calls: int, warmup: i
     return latencies
 
 
+def sequential_plugin_client(base_url: str, token: str, keys: list[str], calls: int, warmup: int) -> list[float]:
+    """The plugin's own client (litellm_billing_plugin.client.BillingClient: httpx.AsyncClient, the payload with
+    deadline_ms as the hook sends it) in a plain asyncio loop, one authorize at a time (ms each): what the
+    plugin's HTTP costs without LiteLLM's event loop around it."""
+    from decimal import Decimal
+
+    from litellm_billing_plugin.client import Authorized, BillingClient
+    from litellm_billing_plugin.settings import OnUnavailable, PluginSettings
+
+    settings = PluginSettings(
+        billing_url=base_url,
+        token=token,
+        timeout_seconds=1.0,
+        on_unavailable=OnUnavailable.FAIL_CLOSED,
+        default_hold_usd=Decimal("0.01"),
+    )
+    tag = secrets.token_hex(4)
+
+    async def measure() -> list[float]:
+        client = BillingClient(settings)
+        latencies = []
+        try:
+            for i in range(warmup + calls):
+                payload = json.loads(authorize_body(f"pc-{tag}-{i}", keys[i % len(keys)]))
+                payload["deadline_ms"] = 900
+                started = time.perf_counter()
+                outcome = await client.authorize(payload)
+                elapsed = (time.perf_counter() - started) * 1000
+                if not isinstance(outcome, Authorized):
+                    raise RuntimeError(f"the plugin's client got {outcome!r}")
+                if i >= warmup:
+                    latencies.append(elapsed)
+        finally:
+            await client.aclose()
+        return latencies
+
+    return asyncio.run(measure())
+
+
 # The plugin's estimate alone, in LiteLLM's interpreter: what the hook computes before it calls authorize.
 ESTIMATE_SCRIPT = """
 import json, sys, time
@@ -514,6 +554,7 @@ class PluginResult:
     hook_authorize_ms: list[float] = field(default_factory=list)
     hook_outcomes: Counter[str] = field(default_factory=Counter)
     sequential_authorize_ms: list[float] = field(default_factory=list)
+    plugin_client_ms: list[float] = field(default_factory=list)
     estimate_ms: list[float] = field(default_factory=list)
     estimate_usd: str = ""
 
@@ -846,6 +887,9 @@ def run(args: argparse.Namespace, url: str) -> int:
             plugin.sequential_authorize_ms = sequential(
                 service.base_url, token, seeded.keys, args.plugin_calls, args.plugin_warmup
             )
+            plugin.plugin_client_ms = sequential_plugin_client(
+                service.base_url, token, seeded.keys, args.plugin_calls, args.plugin_warmup
+            )
     finally:
         service.stop()
     if plugin is not None:
@@ -925,6 +969,11 @@ def run(args: argparse.Namespace, url: str) -> int:
             f"p99 {percentile(seq, 99):.1f} ms; the plugin's estimate alone (estimate_request, "
             f"{plugin.estimate_usd} USD, LiteLLM's interpreter): p50 {percentile(est, 50):.2f} ms, "
             f"p99 {percentile(est, 99):.2f} ms"
+        )
+        pc = plugin.plugin_client_ms
+        print(
+            f"the plugin's own client (BillingClient, httpx.AsyncClient) in a plain asyncio loop, sequential: "
+            f"p50 {percentile(pc, 50):.1f} ms, p99 {percentile(pc, 99):.1f} ms"
         )
         for error in plugin.errors:
             print(f"  e.g. {error}")

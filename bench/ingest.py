@@ -195,13 +195,14 @@ def run_ceiling(conninfo: str, *, clients: int, seconds: float) -> tuple[dict[st
         conn.execute((directory / "ceiling_schema.sql").read_text())
     pgbench = find_pgbench()
     rates = {}
-    for name, script, per_txn in (("batch100", "ceiling_batch.sql", 100), ("one", "ceiling_one.sql", 1)):
-        path = directory / script
+
+    def tps_of(path: Path) -> float:
         if pgbench:
-            tps = ceiling_pgbench(pgbench, conninfo, path, clients=clients, seconds=seconds)
-        else:
-            tps = ceiling_psycopg(conninfo, path, clients=clients, seconds=seconds)
-        rates[name] = tps * per_txn
+            return ceiling_pgbench(pgbench, conninfo, path, clients=clients, seconds=seconds)
+        return ceiling_psycopg(conninfo, path, clients=clients, seconds=seconds)
+
+    for name, script, per_txn in (("batch100", "ceiling_batch.sql", 100), ("one", "ceiling_one.sql", 1)):
+        rates[name] = tps_of(directory / script) * per_txn
         print(f"bench: ceiling {script}: {rates[name]:,.0f} records/s", flush=True)
     # The hot account (every service phase bills one account): ceiling_one.sql with its account fixed, so
     # every charge takes the same row lock, as each of the service's does.
@@ -211,14 +212,10 @@ def run_ceiling(conninfo: str, *, clients: int, seconds: float) -> tuple[dict[st
             hot.write(text.replace("random(1, 1000)", "random(1, 1)"))
         hot_path = Path(hot.name)
         try:
-            if pgbench:
-                tps = ceiling_pgbench(pgbench, conninfo, hot_path, clients=clients, seconds=seconds)
-            else:
-                tps = ceiling_psycopg(conninfo, hot_path, clients=clients, seconds=seconds)
+            rates["one_hot"] = tps_of(hot_path)
         finally:
             hot_path.unlink(missing_ok=True)
-        rates["one_hot"] = tps
-        print(f"bench: ceiling ceiling_one.sql on ONE account: {tps:,.0f} records/s", flush=True)
+        print(f"bench: ceiling ceiling_one.sql on ONE account: {rates['one_hot']:,.0f} records/s", flush=True)
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS c_ledger, c_receipt, c_account")
     return rates, (f"pgbench ({pgbench})" if pgbench else "psycopg driver (no pgbench found)")

@@ -39,6 +39,7 @@ INSUFFICIENT_CREDITS = "insufficient_credits"
 UNKNOWN_PAYER = "unknown_payer"
 UNPRICED_MODEL = "unpriced_model"
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE for lock_timeout
+ACCOUNT_BUSY = "the account stayed busy past the caller's deadline; nothing was held"
 
 
 @dataclass(frozen=True)
@@ -238,13 +239,13 @@ def _decide(
             outcome, available, hold_pk, hold_id, expires_at, expired_holds = cursor.fetchone()
     except OperationalError as exc:
         if getattr(exc.__cause__, "sqlstate", None) == LOCK_NOT_AVAILABLE:
-            raise AuthorizeTooLate("the account stayed busy past the caller's deadline; nothing was held") from exc
+            raise AuthorizeTooLate(ACCOUNT_BUSY) from exc
         raise
     if expired_holds:
         transaction.on_commit(lambda: metrics.holds_expired_total.inc(expired_holds))
     if outcome == "too_late":
         # A decision the caller will no longer hear must not hold credits it never learns about.
-        raise AuthorizeTooLate("the account stayed busy past the caller's deadline; nothing was held")
+        raise AuthorizeTooLate(ACCOUNT_BUSY)
     if outcome == "exists":
         return _replay(
             CreditHold.objects.get(litellm_call_id=litellm_call_id),

@@ -8,7 +8,7 @@ money rule: what does not fit is refused and nothing is held.
 
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -27,7 +27,7 @@ def fund(account: BillingAccount, credits: int) -> None:
     grant_credits(account=account, amount_credits=credits, reason="grant", idempotency_key=f"fund-{uuid.uuid4()}")
 
 
-def decide(account_id: int, call_id: str, required: int, *, now: object = None) -> tuple:
+def decide(account_id: int, call_id: str, required: int, *, now: datetime | None = None) -> tuple:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT outcome, available, hold_pk FROM billing_authorize_hold(%s, %s, %s, %s, %s, %s, %s, %s, %s)",
